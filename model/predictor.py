@@ -1,0 +1,220 @@
+"""Saving, loading and running a stance model. The only code that touches weights and tokenizer.
+
+A model artefact is a folder:
+
+    model.safetensors   encoder + heads (safetensors, no pickle)
+    config.json         the encoder's architecture, so loading needs no base model
+    tokenizer.json      the fast tokenizer
+    schema.json         targets and labels (model/schema.py)
+    stancewatch.json    max_length, head sizes, per-target temperatures, base model name
+    eval/               the evaluation report written by training
+
+`StanceModel.load` accepts such a folder or a model-store tag (model/store.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from model.encoding import Encoded, InputEncoder, collate, plan_batches
+from model.schema import Schema
+
+ARTIFACT_FORMAT = 1
+SETTINGS_FILE = "stancewatch.json"
+
+
+def default_threads() -> int:
+    """Threads for inference: $STANCEWATCH_THREADS, else the CPUs this process may use."""
+    env = os.environ.get("STANCEWATCH_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class TargetStance:
+    label: str
+    probs: dict[str, float]
+
+
+@dataclass
+class Prediction:
+    text: str
+    truncated: bool
+    stances: dict[str, TargetStance] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "truncated": self.truncated,
+            "stances": {t: {"label": s.label, "probs": s.probs} for t, s in self.stances.items()},
+        }
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ---- writing an artefact --------------------------------------------------------------------
+
+
+def write_artifact(
+    folder: str | Path,
+    network,
+    tokenizer_json: str | Path,
+    schema: Schema,
+    *,
+    max_length: int,
+    base_model: str,
+    temperatures: dict[str, float] | None = None,
+) -> None:
+    """Write a trained `StanceNetwork` and everything needed to run it into `folder`."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in network.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    network.encoder.config.to_json_file(str(folder / "config.json"))
+    shutil.copyfile(tokenizer_json, folder / "tokenizer.json")
+    schema.save(folder / "schema.json")
+    settings = {
+        "format": ARTIFACT_FORMAT,
+        "max_length": int(max_length),
+        "head_sizes": [len(t.labels) for t in schema.targets],
+        "base_model": base_model,
+        "temperatures": {t.name: float((temperatures or {}).get(t.name, 1.0)) for t in schema.targets},
+    }
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
+
+
+def set_temperatures(folder: str | Path, temperatures: dict[str, float]) -> None:
+    path = Path(folder) / SETTINGS_FILE
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    settings["temperatures"].update({k: float(v) for k, v in temperatures.items()})
+    path.write_text(json.dumps(settings, indent=2), encoding="utf-8")
+
+
+# ---- backends ---------------------------------------------------------------------------------
+
+
+class TorchBackend:
+    """fp32 torch inference; the reference every faster backend is validated against."""
+
+    name = "torch"
+
+    def __init__(self, folder: Path, head_sizes: list[int], threads: int):
+        import torch
+        from safetensors.torch import load_file
+
+        from model.network import StanceNetwork
+
+        torch.set_num_threads(threads)
+        self._torch = torch
+        self.network = StanceNetwork.from_config(folder, head_sizes)
+        missing, unexpected = self.network.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+        # Some encoders keep non-persistent buffers (position ids) out of the state dict.
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ValueError(f"{folder}: weights do not match the architecture (missing {missing}, unexpected {unexpected})")
+        self.network.eval()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self._torch
+        with torch.inference_mode():
+            logits = self.network(**{k: torch.from_numpy(v) for k, v in batch.items()})
+        return logits.float().numpy()
+
+
+# ---- the predictor ----------------------------------------------------------------------------
+
+
+class StanceModel:
+    """Predicts, for each sentence, a label and calibrated probabilities for every target."""
+
+    def __init__(self, folder: Path, backend: str = "torch", threads: int | None = None, tag: str | None = None):
+        self.folder = Path(folder)
+        self.tag = tag or self.folder.name
+        self.schema = Schema.load(self.folder / "schema.json")
+        self.settings = json.loads((self.folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+        self.max_length = int(self.settings["max_length"])
+        self.head_sizes = [int(n) for n in self.settings["head_sizes"]]
+        self.threads = threads or default_threads()
+        self.encoder = InputEncoder.from_folder(self.folder, self.max_length)
+        self.max_tokens = 8192  # padded tokens per inference batch
+        self.max_batch = 128
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}; allowed: torch")
+        self.backend = TorchBackend(self.folder, self.head_sizes, self.threads)
+
+    @classmethod
+    def load(cls, ref: str | Path | None = None, backend: str = "torch", threads: int | None = None) -> "StanceModel":
+        """Load from an artefact folder, or from the model store by tag (default: production, else latest)."""
+        if ref is not None and Path(ref).is_dir() and (Path(ref) / SETTINGS_FILE).exists():
+            return cls(Path(ref), backend=backend, threads=threads)
+        from model import store
+
+        bento_model = store.resolve(None if ref is None else str(ref))
+        return cls(Path(bento_model.path), backend=backend, threads=threads, tag=str(bento_model.tag))
+
+    @property
+    def temperatures(self) -> np.ndarray:
+        temps = self.settings.get("temperatures", {})
+        return np.array([float(temps.get(t.name, 1.0)) for t in self.schema.targets])
+
+    # ---- core -----------------------------------------------------------------------------
+    def logits(self, encoded: Sequence[Encoded]) -> np.ndarray:
+        """Raw logits (n, sum of head sizes) in input order, in length-sorted batches."""
+        out = np.zeros((len(encoded), sum(self.head_sizes)), dtype=np.float32)
+        if not encoded:
+            return out
+        for idx in plan_batches([len(e) for e in encoded], self.max_tokens, self.max_batch):
+            batch = collate([encoded[i] for i in idx], self.encoder.pad_id)
+            out[idx] = self.backend(batch)
+        return out
+
+    def probabilities(self, logits: np.ndarray, calibrated: bool = True) -> list[np.ndarray]:
+        """Split logits per target and turn them into (optionally temperature-scaled) probabilities."""
+        probs = []
+        start = 0
+        temps = self.temperatures if calibrated else np.ones(len(self.head_sizes))
+        for size, temp in zip(self.head_sizes, temps):
+            probs.append(softmax(logits[:, start : start + size] / temp))
+            start += size
+        return probs
+
+    def predict_arrays(
+        self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None
+    ) -> tuple[list[np.ndarray], list[bool]]:
+        """Per-target probability arrays (n, labels) and truncation flags, in input order."""
+        if contexts is not None and len(contexts) != len(sentences):
+            raise ValueError(f"got {len(contexts)} contexts for {len(sentences)} sentences")
+        encoded = self.encoder.encode(sentences, contexts)
+        return self.probabilities(self.logits(encoded)), [e.truncated for e in encoded]
+
+    def predict(self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Label every sentence for every target; `contexts[i]` is the sentence before sentence i."""
+        probs, truncated = self.predict_arrays(sentences, contexts)
+        results = []
+        for i, text in enumerate(sentences):
+            stances = {}
+            for target, p in zip(self.schema.targets, probs):
+                row = p[i]
+                stances[target.name] = TargetStance(
+                    label=target.labels[int(row.argmax())],
+                    probs={lab: round(float(v), 6) for lab, v in zip(target.labels, row)},
+                )
+            results.append(Prediction(text=text, truncated=truncated[i], stances=stances))
+        return results

@@ -1,0 +1,346 @@
+"""The `stancewatch` command line: train, evaluate, predict, manage versions, serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+app = typer.Typer(help="Sentence-level stance classification for news text.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+models_app = typer.Typer(help="Model versions in the BentoML model store.", no_args_is_help=True)
+labels_app = typer.Typer(help="Labelled data.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(labels_app, name="labels")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load_data(paths: list[Path], schema_file: Optional[Path], drop_conflicts: bool):
+    from model.schema import Schema, SchemaError
+    from training.data import DataValidationError, load_labelled
+
+    try:
+        schema = Schema.load(schema_file) if schema_file else None
+    except (SchemaError, OSError) as exc:
+        _fail(str(exc), 2)
+    try:
+        data = load_labelled(paths, schema=schema, drop_conflicts=drop_conflicts)
+    except DataValidationError as exc:
+        _fail(str(exc), 2)
+    return data
+
+
+def _print_data_report(data, label: str) -> None:
+    r = data.report
+    console.print(f"{label}: {len(data.examples)} examples from {r.rows} rows"
+                  f" ({r.duplicates_dropped} exact duplicates dropped)", highlight=False)
+    for line in r.conflicts_dropped:
+        console.print(f"  dropped conflicting label: {line}", highlight=False)
+    for w in r.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def _print_schema(schema) -> None:
+    for t in schema.targets:
+        console.print(f"  target {t.name}: labels {', '.join(t.labels)}", highlight=False)
+
+
+def _print_metrics(report: dict) -> None:
+    table = Table(title="dev metrics")
+    table.add_column("target")
+    table.add_column("F_avg", justify="right")
+    table.add_column("macro-F1", justify="right")
+    table.add_column("ECE", justify="right")
+    table.add_column("n", justify="right")
+    for name, t in report["targets"].items():
+        table.add_row(name, f"{100 * t['f_avg']:.2f}", f"{100 * t['macro_f1']:.2f}", f"{t['ece']:.3f}", str(t["n"]))
+    table.add_row("mean", f"{100 * report['mean_f_avg']:.2f}", f"{100 * report['mean_macro_f1']:.2f}", "", "")
+    console.print(table)
+
+
+@app.command()
+def train(
+    data: list[Path] = typer.Option(None, "--data", help="Labelled CSV/JSONL/Parquet (repeatable). Default: the bundled corpus."),
+    dev: Optional[list[Path]] = typer.Option(None, "--dev", help="Dev file(s); default: a stratified split of --data."),
+    schema: Optional[Path] = typer.Option(None, "--schema", help="Schema YAML/JSON (targets and labels)."),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="Local Hugging Face encoder folder."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TrainConfig as YAML/JSON."),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimiser steps (smoke tests)."),
+    class_weighting: Optional[bool] = typer.Option(None, "--class-weighting/--no-class-weighting"),
+    drop_conflicts: bool = typer.Option(False, "--drop-conflicts", help="Drop rows whose labels conflict (listed)."),
+    promote: str = typer.Option("auto", "--promote", help="auto | always | never"),
+    margin: float = typer.Option(0.5, "--margin", help="auto: promote unless mean F_avg drops by more than this many points."),
+) -> None:
+    """Train a new model version and print its tag and dev metrics."""
+    from training.config import TrainConfig
+    from training.data import DEFAULT_CORPUS
+
+    if promote not in ("auto", "always", "never"):
+        _fail(f"--promote must be auto, always or never, got {promote!r}", 2)
+    overrides = {"epochs": epochs, "seed": seed, "max_steps": max_steps, "class_weighting": class_weighting,
+                 "base_model": str(base_model) if base_model else None}
+    try:
+        cfg = (TrainConfig.from_file(config, **overrides) if config
+               else TrainConfig(**{k: v for k, v in overrides.items() if v is not None}))
+    except (ValueError, TypeError, OSError) as exc:
+        _fail(str(exc), 2)
+    paths = list(data) if data else [DEFAULT_CORPUS]
+    labelled = _load_data(paths, schema, drop_conflicts)
+    _print_data_report(labelled, "training data")
+    console.print(("schema inferred from the data:" if labelled.report.schema_inferred else "schema:"), highlight=False)
+    _print_schema(labelled.schema)
+    dev_data = None
+    if dev:
+        from training.data import DataValidationError, load_labelled
+
+        try:
+            dev_data = load_labelled(dev, schema=labelled.schema, drop_conflicts=drop_conflicts)
+        except DataValidationError as exc:
+            _fail(str(exc), 2)
+        _print_data_report(dev_data, "dev data")
+
+    from training.train import train as run_training
+
+    result = run_training(labelled, cfg, dev=dev_data, promote=promote, margin=margin)
+    console.print(f"new model version: [bold]{result.tag}[/]", highlight=False)
+    _print_metrics(result.report)
+    console.print(f"promotion: {result.metadata['promotion']['message']}", highlight=False)
+
+
+@app.command("eval")
+def evaluate(
+    data: list[Path] = typer.Option(..., "--data", help="Labelled file(s) to evaluate on."),
+    model: Optional[str] = typer.Option(None, "--model", help="Tag or artefact folder (default: production)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write report.json/.md and PNGs here."),
+) -> None:
+    """Evaluate a model version on any labelled file (with the model's own schema)."""
+    from training.data import DataValidationError, load_labelled
+    from training.train import gold_lists
+
+    from model.predictor import StanceModel
+    from training.evaluate import evaluate_predictions, write_report
+
+    m = _load_model(model)
+    try:
+        labelled = load_labelled(data, schema=m.schema)
+    except DataValidationError as exc:
+        _fail(str(exc), 2)
+    ex = labelled.examples
+    probs, _ = m.predict_arrays([e.text for e in ex], [e.context or None for e in ex])
+    report = evaluate_predictions(m.schema, gold_lists(ex, m.schema), dict(zip(m.schema.target_names, probs)))
+    report["model"] = m.tag
+    _print_metrics(report)
+    if "pooled_f_avg" in report:
+        console.print(f"pooled F_avg: {100 * report['pooled_f_avg']:.2f}")
+    if out:
+        write_report(report, out, title=f"Evaluation of {m.tag}")
+        console.print(f"report written to {out}", highlight=False)
+
+
+def _load_model(ref: Optional[str]):
+    from model.predictor import StanceModel
+    from model.store import ModelNotFound
+
+    try:
+        return StanceModel.load(ref)
+    except ModelNotFound as exc:
+        _fail(str(exc), 1)
+
+
+@app.command()
+def predict(
+    sentences: Optional[list[str]] = typer.Argument(None, help="Sentences to classify."),
+    document: Optional[Path] = typer.Option(None, "--document", help="A text file: split into sentences, each read with the one before."),
+    model: Optional[str] = typer.Option(None, "--model", help="Tag or artefact folder (default: production)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Classify sentences (or a whole document) and print a table."""
+    from model.splitter import split_sentences, with_context
+
+    if not sentences and not document:
+        _fail("give sentences or --document FILE", 2)
+    texts, contexts = list(sentences or []), [None] * len(sentences or [])
+    if document:
+        try:
+            body = document.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"cannot read {document}: {exc}", 2)
+        parts = split_sentences(body)
+        texts += [s.text for s in parts]
+        contexts += with_context(parts)
+    if any(not t.strip() for t in texts):
+        _fail("empty sentence given", 2)
+    m = _load_model(model)
+    preds = m.predict(texts, contexts)
+    if as_json:
+        print(json.dumps({"model": m.tag, "sentences": [p.to_dict() for p in preds]}, ensure_ascii=False, indent=2))
+        return
+    table = Table(title=f"model {m.tag}", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("sentence", overflow="fold", ratio=3)
+    for name in m.schema.target_names:
+        table.add_column(name, ratio=1)
+    for i, p in enumerate(preds, start=1):
+        cells = []
+        for name in m.schema.target_names:
+            s = p.stances[name]
+            cells.append(f"{s.label} ({s.probs[s.label]:.2f})")
+        table.add_row(str(i), p.text + (" [truncated]" if p.truncated else ""), *cells)
+    console.print(table)
+
+
+@app.command()
+def crossval(
+    data: list[Path] = typer.Option(None, "--data", help="Labelled file(s); default: the bundled corpus."),
+    schema: Optional[Path] = typer.Option(None, "--schema"),
+    folds: int = typer.Option(5, "--folds"),
+    config: Optional[Path] = typer.Option(None, "--config"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here."),
+) -> None:
+    """k-fold cross-validation of the training recipe; saves no model."""
+    from training.config import TrainConfig
+    from training.crossval import cross_validate
+    from training.data import DEFAULT_CORPUS
+
+    labelled = _load_data(list(data) if data else [DEFAULT_CORPUS], schema, False)
+    cfg = TrainConfig.from_file(config) if config else TrainConfig()
+    result = cross_validate(labelled, cfg, folds=folds)
+    for name, t in result["targets"].items():
+        console.print(f"{name}: F_avg {100 * t['f_avg_mean']:.2f} ± {100 * t['f_avg_std']:.2f}, "
+                      f"macro-F1 {100 * t['macro_f1_mean']:.2f} ± {100 * t['macro_f1_std']:.2f}", highlight=False)
+    if out:
+        out.write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
+@app.command()
+def init(
+    force: bool = typer.Option(False, "--force", help="Train even if the store already has a model."),
+) -> None:
+    """Train the default model on the bundled corpus if the store has no model yet."""
+    from model import store
+
+    versions = store.list_versions()
+    if versions and not force:
+        console.print(f"model store already has {len(versions)} version(s); production: "
+                      f"{store.production_tag() or str(versions[0].tag) + ' (latest)'}", highlight=False)
+        return
+    train(data=None, dev=None, schema=None, base_model=None, config=None, epochs=None, seed=None, max_steps=None,
+          class_weighting=None, drop_conflicts=False, promote="auto", margin=0.5)
+
+
+# ---- models ---------------------------------------------------------------------------------
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Versions, newest first, with key metrics and the production mark."""
+    from model import store
+
+    prod = store.production_tag()
+    table = Table()
+    for col in ("tag", "created", "base", "train/dev", "mean F_avg", "per target F_avg", "production"):
+        table.add_column(col)
+    for m in store.list_versions():
+        md = m.info.metadata
+        metrics = md.get("metrics", {})
+        size = md.get("data_size", {})
+        per_target = ", ".join(f"{k} {100 * v['f_avg']:.1f}" for k, v in metrics.items() if isinstance(v, dict))
+        table.add_row(str(m.tag), str(md.get("created_at", m.info.creation_time))[:19], str(md.get("base_model", "")),
+                      f"{size.get('train', '?')}/{size.get('dev', '?')}",
+                      f"{100 * metrics.get('mean_f_avg', 0):.2f}", per_target, "*" if str(m.tag) == prod else "")
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(tag: str = typer.Argument(..., help="Version tag.")) -> None:
+    """Print a version's stored evaluation report and metadata."""
+    from model import store
+
+    try:
+        m = store.get(tag)
+    except store.ModelNotFound as exc:
+        _fail(str(exc))
+    report = Path(m.path) / "eval" / "report.md"
+    console.print(f"[bold]{m.tag}[/] (production: {store.production_tag() == str(m.tag)})", highlight=False)
+    console.print(json.dumps({k: v for k, v in m.info.metadata.items() if k != "schema"}, indent=2), highlight=False)
+    if report.exists():
+        print(report.read_text(encoding="utf-8"))
+
+
+@models_app.command("promote")
+def models_promote(tag: str = typer.Argument(...)) -> None:
+    """Make a version production (atomically)."""
+    from model import store
+
+    try:
+        console.print(f"production is now {store.promote(tag)}", highlight=False)
+    except store.ModelNotFound as exc:
+        _fail(str(exc))
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Return production to the previous production version."""
+    from model import store
+
+    try:
+        console.print(f"production is now {store.rollback()}", highlight=False)
+    except store.ModelNotFound as exc:
+        _fail(str(exc))
+
+
+@labels_app.command("check")
+def labels_check(
+    files: list[Path] = typer.Argument(..., help="Labelled files to validate."),
+    schema: Optional[Path] = typer.Option(None, "--schema"),
+    drop_conflicts: bool = typer.Option(False, "--drop-conflicts"),
+) -> None:
+    """Validate labelled data without training (exit 2 on problems)."""
+    data = _load_data(files, schema, drop_conflicts)
+    _print_data_report(data, "ok")
+    _print_schema(data.schema)
+    for target, counts in data.label_counts().items():
+        console.print(f"  {target}: " + ", ".join(f"{k} {v}" for k, v in counts.items()), highlight=False)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(3000, "--port"),
+    model: Optional[str] = typer.Option(None, "--model", help="Tag to serve (default: production, else latest)."),
+) -> None:
+    """Serve the HTTP API with BentoML."""
+    import subprocess
+
+    env = dict(os.environ)
+    if model:
+        env["STANCEWATCH_MODEL"] = model
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:StanceService", "--host", host, "--port", str(port)]
+    raise typer.Exit(subprocess.call(cmd, env=env, cwd=root))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

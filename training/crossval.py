@@ -1,0 +1,43 @@
+"""k-fold cross-validation of the training recipe (nothing is saved to the model store)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.config import TrainConfig
+from training.data import LabelledData, stratified_folds, stratified_split
+from training.evaluate import evaluate_predictions
+from training.train import fit, gold_lists, predict_logits, split_probs
+
+
+def cross_validate(data: LabelledData, cfg: TrainConfig, folds: int = 5, progress: bool = True) -> dict:
+    """Train on k-1 folds (early stopping on a dev split of those), score the held-out fold.
+
+    Returns per-fold reports and, per target, the mean and standard deviation of F_avg and macro-F1.
+    """
+    schema = data.schema
+    reports = []
+    for k, (train_idx, test_idx) in enumerate(stratified_folds(data.examples, schema, folds, cfg.seed), start=1):
+        pool = [data.examples[i] for i in train_idx]
+        test = [data.examples[i] for i in test_idx]
+        train_ex, dev_ex = stratified_split(pool, schema, cfg.dev_fraction, cfg.seed)
+        result = fit(train_ex, dev_ex, schema, cfg, progress=progress)
+        enc = result.encoder.encode([e.text for e in test], [e.context or None for e in test])
+        report = evaluate_predictions(schema, gold_lists(test, schema),
+                                      split_probs(predict_logits(result.network, result.encoder, enc), schema))
+        report["fold"] = k
+        report["best_epoch"] = result.best_epoch
+        report["seconds"] = round(result.seconds, 1)
+        reports.append(report)
+        if progress:
+            print(f"fold {k}/{folds}: mean F_avg {100 * report['mean_f_avg']:.2f}, "
+                  f"mean macro-F1 {100 * report['mean_macro_f1']:.2f} ({result.seconds:.0f} s)", flush=True)
+    out = {"folds": folds, "per_fold": reports, "targets": {}}
+    for name in schema.target_names:
+        f_avg = [r["targets"][name]["f_avg"] for r in reports]
+        macro = [r["targets"][name]["macro_f1"] for r in reports]
+        out["targets"][name] = {"f_avg_mean": float(np.mean(f_avg)), "f_avg_std": float(np.std(f_avg)),
+                                "macro_f1_mean": float(np.mean(macro)), "macro_f1_std": float(np.std(macro))}
+    means = [r["mean_f_avg"] for r in reports]
+    out["mean_f_avg"] = {"mean": float(np.mean(means)), "std": float(np.std(means))}
+    return out

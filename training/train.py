@@ -1,0 +1,312 @@
+"""Training: `train(data, config) -> a new model version in the store`.
+
+`fit` is the bare optimisation loop (used by cross-validation too); `train` adds the dev split,
+temperature calibration, the evaluation report and saving the version.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from model.encoding import InputEncoder, collate, plan_batches
+from model.schema import Schema
+from training.config import TrainConfig
+from training.data import Example, LabelledData, stratified_split
+from training.evaluate import evaluate_predictions, fit_temperature, summary, write_report
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass
+class FitResult:
+    network: Any
+    encoder: InputEncoder
+    tokenizer_json: Path
+    best_epoch: int
+    best_dev_f_avg: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    tag: str | None
+    folder: Path
+    report: dict
+    metadata: dict
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def tokenizer_json_for(base: str, workdir: Path) -> Path:
+    """The base model's tokenizer.json; made from its HF tokenizer files when absent."""
+    path = Path(base) / "tokenizer.json"
+    if path.exists():
+        return path
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"{base}: needs a fast (Rust) tokenizer; convert it with transformers first")
+    out = workdir / "tokenizer.json"
+    tok.backend_tokenizer.save(str(out))
+    return out
+
+
+def label_matrix(examples: Sequence[Example], schema: Schema) -> np.ndarray:
+    y = np.full((len(examples), len(schema.targets)), IGNORE, dtype=np.int64)
+    for i, ex in enumerate(examples):
+        for j, target in enumerate(schema.targets):
+            if target.name in ex.labels:
+                y[i, j] = target.label_id(ex.labels[target.name])
+    return y
+
+
+def _param_groups(network, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: no weight decay on biases/norms; optional layer-wise LR decay; faster heads."""
+    n_layers = getattr(network.encoder.config, "num_hidden_layers", 0) or 0
+    groups: dict[tuple[float, float], list] = {}
+    for name, param in network.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = 0.0 if (param.ndim < 2 or "norm" in name.lower()) else cfg.weight_decay
+        if name.startswith("heads."):
+            lr = cfg.learning_rate * cfg.head_lr_multiplier
+        else:
+            match = re.search(r"\.layers?\.(\d+)\.", name)
+            if match:
+                depth = int(match.group(1)) + 1
+            elif "embed" in name:
+                depth = 0
+            else:
+                depth = n_layers + 1
+            lr = cfg.learning_rate * cfg.layer_lr_decay ** max(0, n_layers + 1 - depth)
+        groups.setdefault((lr, decay), []).append(param)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def predict_logits(network, encoder: InputEncoder, encoded) -> np.ndarray:
+    import torch
+
+    network.eval()
+    out = np.zeros((len(encoded), sum(network.head_sizes)), dtype=np.float32)
+    with torch.inference_mode():
+        for idx in plan_batches([len(e) for e in encoded], 8192, 128):
+            batch = collate([encoded[i] for i in idx], encoder.pad_id)
+            out[idx] = network(**{k: torch.from_numpy(v) for k, v in batch.items()}).float().numpy()
+    return out
+
+
+def split_probs(logits: np.ndarray, schema: Schema, temperatures: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    from model.predictor import softmax
+
+    out, start = {}, 0
+    for t in schema.targets:
+        n = len(t.labels)
+        out[t.name] = softmax(logits[:, start : start + n] / (temperatures or {}).get(t.name, 1.0))
+        start += n
+    return out
+
+
+def gold_lists(examples: Sequence[Example], schema: Schema) -> dict[str, list[str | None]]:
+    return {t: [ex.labels.get(t) for ex in examples] for t in schema.target_names}
+
+
+def fit(
+    train_ex: Sequence[Example], dev_ex: Sequence[Example], schema: Schema, cfg: TrainConfig, progress: bool = True
+) -> FitResult:
+    """Fine-tune encoder + heads; keep the weights of the epoch with the best dev F_avg."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from model.network import StanceNetwork
+
+    started = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_everything(cfg.seed)
+    workdir = Path(tempfile.mkdtemp(prefix="stancewatch-tok-"))
+    tok_json = tokenizer_json_for(cfg.base_path, workdir)
+    encoder = InputEncoder.from_folder(tok_json.parent, cfg.max_length) if tok_json.name == "tokenizer.json" else None
+    train_enc = encoder.encode([e.text for e in train_ex], [e.context or None for e in train_ex])
+    dev_enc = encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex])
+    y_train = label_matrix(train_ex, schema)
+    head_sizes = [len(t.labels) for t in schema.targets]
+    network = StanceNetwork.from_base(cfg.base_path, head_sizes, cfg.dropout)
+
+    weights = []
+    for j, t in enumerate(schema.targets):
+        if cfg.class_weighting:
+            counts = np.bincount(y_train[:, j][y_train[:, j] >= 0], minlength=len(t.labels)).astype(float)
+            w = np.where(counts > 0, counts.sum() / (len(t.labels) * np.maximum(counts, 1)), 0.0)
+            weights.append(torch.tensor(w, dtype=torch.float32))
+        else:
+            weights.append(None)
+
+    optimizer = torch.optim.AdamW(_param_groups(network, cfg))
+    steps_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
+    warmup = int(total * cfg.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    )
+    rng = random.Random(cfg.seed)
+    best_state, best_score, best_epoch, bad_epochs, step = None, -1.0, 0, 0, 0
+    history = []
+    bar = tqdm(total=total, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    for epoch in range(1, cfg.epochs + 1):
+        network.train()
+        order = list(range(len(train_ex)))
+        rng.shuffle(order)
+        # Sort within chunks of 16 batches so padding stays small but batches stay random.
+        chunk = cfg.batch_size * 16
+        batches = []
+        for c in range(0, len(order), chunk):
+            part = sorted(order[c : c + chunk], key=lambda i: len(train_enc[i]))
+            batches += [part[b : b + cfg.batch_size] for b in range(0, len(part), cfg.batch_size)]
+        rng.shuffle(batches)
+        losses = []
+        for idx in batches:
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+            batch = collate([train_enc[i] for i in idx], encoder.pad_id)
+            logits = network(**{k: torch.from_numpy(v) for k, v in batch.items()})
+            y = torch.from_numpy(y_train[idx])
+            loss, start = logits.new_zeros(()), 0
+            for j, size in enumerate(head_sizes):
+                mask = y[:, j] != IGNORE
+                if mask.any():
+                    loss = loss + torch.nn.functional.cross_entropy(
+                        logits[:, start : start + size][mask], y[:, j][mask], weight=weights[j]
+                    )
+                start += size
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.4f}")
+        dev_probs = split_probs(predict_logits(network, encoder, dev_enc), schema)
+        report = evaluate_predictions(schema, gold_lists(dev_ex, schema), dev_probs)
+        score = report["mean_f_avg"]
+        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else 0.0, "dev_mean_f_avg": score})
+        log.info("epoch %d: loss %.4f dev F_avg %.4f", epoch, history[-1]["train_loss"], score)
+        if progress:
+            bar.write(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, dev mean F_avg {100 * score:.2f}")
+        if score > best_score:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience:
+                break
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    bar.close()
+    if best_state is not None:
+        network.load_state_dict(best_state)
+    network.eval()
+    return FitResult(network, encoder, tok_json, best_epoch, best_score, history, time.time() - started)
+
+
+def train(
+    data: LabelledData,
+    cfg: TrainConfig,
+    dev: LabelledData | None = None,
+    *,
+    save: bool = True,
+    progress: bool = True,
+    promote: str = "auto",
+    margin: float = 0.5,
+    extra_metadata: dict | None = None,
+) -> TrainResult:
+    """Train on `data` (dev split from it unless `dev` is given); save a new model version.
+
+    With `save`, the promotion gate (training/promotion.py) decides whether it becomes production.
+    """
+    from model.predictor import StanceModel, set_temperatures, write_artifact
+
+    schema = data.schema
+    if dev is None:
+        train_ex, dev_ex = stratified_split(data.examples, schema, cfg.dev_fraction, cfg.seed)
+    else:
+        train_ex, dev_ex = data.examples, dev.examples
+    if not train_ex or not dev_ex:
+        raise ValueError(f"need training and dev examples, got {len(train_ex)} and {len(dev_ex)}")
+    result = fit(train_ex, dev_ex, schema, cfg, progress=progress)
+
+    staging = Path(tempfile.mkdtemp(prefix="stancewatch-model-"))
+    try:
+        write_artifact(staging, result.network, result.tokenizer_json, schema,
+                       max_length=cfg.max_length, base_model=Path(cfg.base_path).name)
+        # Metrics come from the saved artefact, so they are what users will get.
+        model = StanceModel(staging, backend="torch", threads=cfg.threads or None)
+        dev_logits = model.logits(model.encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex]))
+        gold = gold_lists(dev_ex, schema)
+        temperatures = {}
+        for t in schema.targets:
+            if not cfg.calibrate:
+                temperatures[t.name] = 1.0
+                continue
+            start = sum(len(x.labels) for x in schema.targets[: schema.targets.index(t)])
+            keep = [i for i, g in enumerate(gold[t.name]) if g is not None]
+            ids = np.array([t.label_id(gold[t.name][i]) for i in keep], dtype=int)
+            temperatures[t.name] = fit_temperature(dev_logits[keep, start : start + len(t.labels)], ids)
+        set_temperatures(staging, temperatures)
+        report = evaluate_predictions(schema, gold, split_probs(dev_logits, schema, temperatures),
+                                      raw_probs=split_probs(dev_logits, schema))
+        report["temperatures"] = temperatures
+        report["history"] = result.history
+        write_report(report, staging / "eval", title="Dev-set evaluation")
+        metadata = {
+            "schema": schema.to_dict(),
+            "base_model": Path(cfg.base_path).name,
+            "train_config": {k: v for k, v in cfg.to_dict().items() if k != "base_model"},
+            "data_fingerprint": data.fingerprint,
+            "data_size": {"train": len(train_ex), "dev": len(dev_ex)},
+            "metrics": summary(report),
+            "best_epoch": result.best_epoch,
+            "train_seconds": round(result.seconds, 1),
+            **(extra_metadata or {}),
+        }
+        tag = None
+        if save:
+            from model import store
+            from training.promotion import decide
+
+            decision = decide(schema, dev_ex, report, promote, margin)
+            metadata["promotion"] = decision
+            tag = store.save_version(staging, metadata)
+            if decision["promote"]:
+                store.promote(tag)
+            folder = Path(store.get(tag).path)
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            folder = staging
+        return TrainResult(tag, folder, report, metadata)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
