@@ -82,9 +82,10 @@ class InputEncoder:
                 if len(ctx.ids) > ctx_budget:
                     ctx.truncate(ctx_budget, direction="left")
                 full = self.tokenizer.post_process(enc, ctx, add_special_tokens=True)
-            seq_ids = full.sequence_ids
-            # Segment A plus the special tokens around it; the context only informs attention.
-            pool = [1 if s == 0 or (s is None and (k == 0 or seq_ids[k - 1] == 0)) else 0 for k, s in enumerate(seq_ids)]
+            # Pool over the sentence and its own special tokens; the context only informs attention.
+            # Pair templates (BERT, RoBERTa, MPNet...) begin with the single-sentence template.
+            n_own = min(len(full.ids), len(enc.ids) + self._specials_single)
+            pool = [1] * n_own + [0] * (len(full.ids) - n_own)
             out.append(Encoded(list(full.ids), list(full.type_ids), pool, truncated))
         return out
 

@@ -22,8 +22,8 @@ models_app = typer.Typer(help="Model versions in the BentoML model store.", no_a
 labels_app = typer.Typer(help="Labelled data.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(labels_app, name="labels")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -256,7 +256,8 @@ def models_list() -> None:
 
     prod = store.production_tag()
     table = Table()
-    for col in ("tag", "created", "base", "train/dev", "mean F_avg", "per target F_avg", "production"):
+    table.add_column("tag", no_wrap=True)
+    for col in ("created", "base", "train/dev", "mean F_avg", "per target F_avg", "prod"):
         table.add_column(col)
     for m in store.list_versions():
         md = m.info.metadata
@@ -336,6 +337,77 @@ def serve(
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:StanceService", "--host", host, "--port", str(port)]
     raise typer.Exit(subprocess.call(cmd, env=env, cwd=root))
+
+
+@app.command()
+def score(
+    inputs: list[Path] = typer.Argument(..., help="JSONL[.gz|.zst], CSV, Parquet, .txt/.md, folders, .zip/.tar/.tar.gz."),
+    out: Path = typer.Option(..., "--out", help="Output file; .parquet, .jsonl or .csv chooses the format."),
+    model: Optional[str] = typer.Option(None, "--model", help="Tag or artefact folder (default: production)."),
+    unit: str = typer.Option("document", "--unit", help="document: split into sentences | sentence: one per record."),
+    text_field: str = typer.Option("text", "--text-field"),
+    id_field: str = typer.Option("id", "--id-field"),
+    resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run from its checkpoint."),
+    doc_summary: Optional[Path] = typer.Option(None, "--doc-summary", help="Also write per-document label shares here."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Records per checkpoint (default 256 documents / 4096 sentences)."),
+    max_member_mb: float = typer.Option(200, "--max-member-mb", help="Uncompressed size limit per archive member (MB)."),
+    engine: str = typer.Option("local", "--engine", help="local (ray is not available yet)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Score archives of articles (or sentences) into a flat table, resumably."""
+    import time
+
+    from tqdm import tqdm
+
+    from scoring.pipeline import UNITS, score as run_score
+    from scoring.readers import InputError, check_inputs, count_items
+    from scoring.writer import OutputError, output_format
+
+    if engine != "local":
+        _fail(f"--engine {engine!r} is not available; use local", 2)
+    if unit not in UNITS:
+        _fail(f"--unit must be one of {', '.join(UNITS)}, got {unit!r}", 2)
+    try:
+        check_inputs(list(inputs))
+        output_format(out)
+        if doc_summary:
+            output_format(doc_summary)
+    except (InputError, OutputError) as exc:
+        _fail(str(exc), 2)
+    m = _load_model(model)
+    bar = tqdm(total=count_items(list(inputs)) if progress else None, unit="doc", dynamic_ncols=True,
+               disable=not progress, file=sys.stderr, smoothing=0.1)
+    started = time.perf_counter()
+    seen = {"sentences": 0, "rejected": 0}
+
+    def on_start(items_done: int) -> None:
+        bar.initial = bar.n = items_done  # resumed: count only this run's rate
+
+    def on_chunk(done) -> None:
+        seen["sentences"] += done.sentences
+        seen["rejected"] += done.rejected
+        bar.update(done.items)
+        bar.set_postfix_str(f"{seen['sentences'] / max(time.perf_counter() - started, 1e-9):.0f} sentences/s, "
+                            f"{seen['rejected']} rejected", refresh=False)
+
+    try:
+        result = run_score(list(inputs), out, m, unit=unit, text_field=text_field, id_field=id_field, resume=resume,
+                           chunk_size=chunk_size, doc_summary=doc_summary,
+                           max_member_bytes=int(max_member_mb * 1024 * 1024), on_start=on_start,
+                           on_chunk=on_chunk)
+    except (InputError, OutputError, ValueError) as exc:
+        bar.close()
+        _fail(str(exc), 2)
+    bar.close()
+    secs = max(result.elapsed_s, 1e-9)
+    if result.items_resumed:
+        console.print(f"resumed after {result.items_resumed} input records done earlier", highlight=False)
+    console.print(f"model {m.tag}: {result.documents} documents, {result.sentences} sentences, "
+                  f"{result.rejected} rejected records in {result.elapsed_s:.1f} s "
+                  f"({result.documents_this_run / secs:.1f} documents/s, {result.sentences_this_run / secs:.1f} "
+                  f"sentences/s this run)", highlight=False)
+    console.print(f"output: {result.out}; rejects: {result.rejects}"
+                  + (f"; document summary: {doc_summary}" if doc_summary else ""), highlight=False)
 
 
 def main() -> None:

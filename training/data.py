@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from model.schema import Schema, default_schema
+from model.schema import Schema, SchemaError, default_schema
 
 RESERVED_COLUMNS = {"text", "context", "id", "source", "notes"}
 LONG_COLUMNS = {"text", "target", "label"}
@@ -252,7 +252,13 @@ def load_labelled(
                 raw.append((str(path), n, text, context, target, label))
 
     if infer:
-        schema = Schema.infer((r[4], r[5]) for r in raw)
+        if problems or not raw:
+            raise DataValidationError(problems or [Problem(", ".join(map(str, paths)), None, "rows", "no labelled rows")])
+        try:
+            schema = Schema.infer((r[4], r[5]) for r in raw)
+        except SchemaError as exc:
+            raise DataValidationError([Problem(", ".join(map(str, paths)), None, "schema",
+                                               f"cannot infer a schema from the labels: {exc}; pass --schema")]) from None
         report.schema_inferred = True
 
     allowed_targets = set(schema.target_names)

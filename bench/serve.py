@@ -1,0 +1,204 @@
+"""Benchmark the HTTP service against in-process inference on the same sentences.
+
+    .venv/bin/python bench/serve.py [--model TAG] [--clients 32] [--duration 15]
+
+Starts `bentoml serve` on 127.0.0.1 (model: --model, else $STANCEWATCH_MODEL, else production,
+else latest), then measures
+  1. single-sentence requests sent one at a time: p50/p95/p99 latency;
+  2. N concurrent clients (bounded duration): requests/s, p95 latency, errors;
+then stops the server and measures the same model's in-process batch throughput on the same
+sentences, and prints the served/in-process throughput ratio. Sentences are taken from the bundled
+corpus with about 30 tokens each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_sentences(model, n: int, tokens: int = 30) -> list[str]:
+    """Corpus sentences closest to `tokens` tokens (special tokens included)."""
+    from training.data import DEFAULT_CORPUS
+
+    with open(DEFAULT_CORPUS, newline="", encoding="utf-8") as fh:
+        texts = sorted({row["text"] for row in csv.DictReader(fh) if row["text"].strip()})
+    lengths = [len(e) for e in model.encoder.encode(texts)]
+    ranked = sorted(zip(texts, lengths), key=lambda p: (abs(p[1] - tokens), p[0]))[:n]
+    return [t for t, _ in ranked]
+
+
+def start_server(tag: str, port: int, threads: int) -> subprocess.Popen:
+    env = {**os.environ, "STANCEWATCH_MODEL": tag, "STANCEWATCH_THREADS": str(threads)}
+    cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:StanceService",
+           "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    import requests
+
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}:\n{proc.stderr.read().decode()[-3000:]}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    stop_server(proc)
+    raise SystemExit("server not ready after 180 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def sequential(url: str, sentences: list[str], n: int, warmup: int = 20) -> dict:
+    import requests
+
+    session = requests.Session()
+    latencies, errors = [], 0
+    for i in range(warmup + n):
+        body = {"sentences": [sentences[i % len(sentences)]]}
+        t0 = time.perf_counter()
+        r = session.post(url, json=body, timeout=30)
+        dt = (time.perf_counter() - t0) * 1000
+        if r.status_code != 200:
+            errors += 1
+        elif i >= warmup:
+            latencies.append(dt)
+    return {"n": len(latencies), "errors": errors, "p50_ms": percentile(latencies, 50),
+            "p95_ms": percentile(latencies, 95), "p99_ms": percentile(latencies, 99)}
+
+
+async def _concurrent(url: str, sentences: list[str], clients: int, duration: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    stop = time.perf_counter() + duration
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+        async def client(k: int) -> None:
+            i = k
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(url, json={"sentences": [sentences[i % len(sentences)]]}) as r:
+                        await r.read()
+                        status = r.status
+                except Exception as exc:  # noqa: BLE001 - count every failure
+                    status = type(exc).__name__
+                if status == 200:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                else:
+                    errors[str(status)] = errors.get(str(status), 0) + 1
+                i += clients
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(k) for k in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies), "errors": errors,
+            "req_per_s": len(latencies) / elapsed, "p50_ms": percentile(latencies, 50) if latencies else None,
+            "p95_ms": percentile(latencies, 95) if latencies else None}
+
+
+def in_process(model, sentences: list[str], seconds: float = 10.0) -> dict:
+    model.predict(sentences[:32])  # warm-up
+    single = []
+    for text in sentences[:100]:
+        t0 = time.perf_counter()
+        model.predict([text])
+        single.append((time.perf_counter() - t0) * 1000)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        model.predict(sentences)
+        done += len(sentences)
+    elapsed = time.perf_counter() - started
+    return {"sentences": done, "seconds": round(elapsed, 2), "sent_per_s": done / elapsed,
+            "single_p50_ms": percentile(single, 50)}
+
+
+def main() -> None:
+    from model import store
+    from model.predictor import StanceModel, default_threads
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="model tag (default: $STANCEWATCH_MODEL, production, else latest)")
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=15.0, help="seconds of concurrent load")
+    ap.add_argument("--single", type=int, default=200, help="sequential single-sentence requests")
+    ap.add_argument("--sentences", type=int, default=256, help="distinct ~30-token sentences used")
+    ap.add_argument("--threads", type=int, default=default_threads(), help="torch threads, server and in-process")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    tag = str(store.resolve(args.model).tag)
+    model = StanceModel.load(tag, threads=args.threads)
+    sentences = pick_sentences(model, args.sentences)
+    tokens = [len(e) for e in model.encoder.encode(sentences)]
+    print(f"model {tag}; {len(sentences)} sentences, mean {statistics.mean(tokens):.1f} tokens; "
+          f"{args.threads} torch threads; {os.cpu_count()} CPUs", flush=True)
+
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}/predict"
+    proc = start_server(tag, port, args.threads)
+    try:
+        single = sequential(url, sentences, args.single)
+        print(f"single requests, one at a time: p50 {single['p50_ms']:.1f} ms, p95 {single['p95_ms']:.1f} ms, "
+              f"p99 {single['p99_ms']:.1f} ms ({single['n']} requests, {single['errors']} errors)", flush=True)
+        load = asyncio.run(_concurrent(url, sentences, args.clients, args.duration))
+        print(f"{args.clients} concurrent clients for {load['seconds']} s: {load['req_per_s']:.1f} req/s, "
+              f"p50 {load['p50_ms']:.1f} ms, p95 {load['p95_ms']:.1f} ms, errors {load['errors'] or 0}", flush=True)
+    finally:
+        stop_server(proc)
+    local = in_process(model, sentences)
+    print(f"in-process batch throughput: {local['sent_per_s']:.1f} sentences/s "
+          f"(single sentence p50 {local['single_p50_ms']:.1f} ms)", flush=True)
+    ratio = load["req_per_s"] / local["sent_per_s"]
+    print(f"served/in-process throughput ratio: {ratio:.2f} (goal >= 0.80); "
+          f"single p50 {single['p50_ms']:.1f} ms (goal < 25 ms); errors under load: {sum(load['errors'].values())}")
+    if args.json:
+        args.json.write_text(json.dumps({"model": tag, "single": single, "load": load, "in_process": local,
+                                         "ratio": ratio}, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

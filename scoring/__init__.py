@@ -1,0 +1,1 @@
+"""Batch scoring of article archives: streaming readers, checkpointed writer, the scoring pipeline."""

@@ -1,0 +1,236 @@
+"""Batch scoring: input items → chunks of sentences → `StanceModel.predict_arrays` → checkpointed parts.
+
+The item stream (readers.py) is cut into chunks of `chunk_size` items (records and rejects alike),
+so chunk boundaries depend only on the input: a resumed run skips the items the manifest marks as
+done and then forms exactly the chunks an uninterrupted run would have, giving identical output.
+A background thread reads and splits the next chunks while the model runs (torch releases the
+GIL); a bounded queue keeps memory flat whatever the input size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from model.splitter import split_sentences, with_context
+from scoring.readers import DEFAULT_MAX_MEMBER_BYTES, ReadOptions, Record, Reject, check_inputs, iter_items
+from scoring.writer import PartStore, doc_schema, output_format, sentence_schema
+
+UNITS = ("document", "sentence")
+DEFAULT_CHUNK = {"document": 256, "sentence": 4096}  # items per chunk (and per checkpoint)
+PREFETCH = 2  # chunks prepared ahead of the model
+
+
+@dataclass
+class Chunk:
+    """One chunk's sentences, ready for the model, and its rejects."""
+
+    items: int
+    doc_id: list[str] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+    index: list[int] = field(default_factory=list)
+    start: list[int] = field(default_factory=list)
+    end: list[int] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    context: list[str | None] = field(default_factory=list)
+    docs: list[tuple[str, str, int]] = field(default_factory=list)  # (doc_id, source, sentence count)
+    rejects: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ChunkDone:
+    """What one committed chunk added (for progress bars)."""
+
+    items: int
+    documents: int
+    sentences: int
+    rejected: int
+
+
+@dataclass
+class ScoreResult:
+    out: Path
+    rejects: Path
+    documents: int  # whole job, resumed parts included
+    sentences: int
+    rejected: int
+    items_resumed: int  # items found done in the manifest at start
+    documents_this_run: int
+    sentences_this_run: int
+    elapsed_s: float
+
+
+def prepare(items: list[Record | Reject], unit: str) -> Chunk:
+    """Split a chunk's records into sentences with offsets and context (the service's way)."""
+    chunk = Chunk(items=len(items))
+    for item in items:
+        if isinstance(item, Reject):
+            chunk.rejects.append(item.to_dict())
+            continue
+        if unit == "sentence":
+            sentences, contexts = [(0, 0, len(item.text), item.text)], [None]
+        else:
+            try:
+                parts = split_sentences(item.text)
+            except Exception as exc:  # noqa: BLE001 - a segmenter failure rejects one record, not the run
+                chunk.rejects.append(Reject(item.source, item.record_no, f"cannot split: {exc}").to_dict())
+                continue
+            if not parts:
+                chunk.rejects.append(Reject(item.source, item.record_no, "no sentences").to_dict())
+                continue
+            sentences = [(s.index, s.start, s.end, s.text) for s in parts]
+            contexts = with_context(parts)
+        for (index, start, end, text), ctx in zip(sentences, contexts):
+            chunk.doc_id.append(item.doc_id)
+            chunk.source.append(item.source)
+            chunk.index.append(index)
+            chunk.start.append(start)
+            chunk.end.append(end)
+            chunk.text.append(text)
+            chunk.context.append(ctx)
+        chunk.docs.append((item.doc_id, item.source, len(sentences)))
+    return chunk
+
+
+def _chunks(items: Iterator[Record | Reject], chunk_size: int, skip: int, unit: str) -> Iterator[Chunk]:
+    buf: list[Record | Reject] = []
+    for n, item in enumerate(items):
+        if n < skip:
+            continue  # done in an earlier run
+        buf.append(item)
+        if len(buf) == chunk_size:
+            yield prepare(buf, unit)
+            buf = []
+    if buf:
+        yield prepare(buf, unit)
+
+
+def _prefetched(chunks: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
+    """Run `chunks` in a background thread, at most `depth` chunks ahead; re-raise its errors here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(obj) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(obj, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for c in chunks:
+                if not put(c):
+                    return
+            put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(exc)
+
+    thread = threading.Thread(target=work, name="scoring-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            obj = q.get()
+            if obj is done:
+                return
+            if isinstance(obj, BaseException):
+                raise obj
+            yield obj
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def predict_table(model, chunk: Chunk, schema: pa.Schema) -> tuple[pa.Table, list[np.ndarray]]:
+    """Score a chunk's sentences: the flat sentence table and the per-target label indices."""
+    probs, truncated = model.predict_arrays(chunk.text, chunk.context)
+    cols: dict[str, object] = {"doc_id": chunk.doc_id, "source": chunk.source, "sentence_index": chunk.index,
+                               "start": chunk.start, "end": chunk.end, "text": chunk.text, "truncated": truncated}
+    label_ids = []
+    for target, p in zip(model.schema.targets, probs):
+        ids = p.argmax(axis=1) if len(p) else np.zeros(0, dtype=np.int64)
+        label_ids.append(ids)
+        cols[target.name] = np.asarray(target.labels, dtype=object)[ids] if len(p) else []
+        rounded = np.round(p.astype(np.float64), 6)  # as the service and `StanceModel.predict` report them
+        for j, label in enumerate(target.labels):
+            cols[f"p_{target.name}_{label}"] = rounded[:, j]
+    return pa.Table.from_pydict(cols, schema=schema), label_ids
+
+
+def doc_table(model, chunk: Chunk, label_ids: list[np.ndarray], schema: pa.Schema) -> pa.Table:
+    """Per document: its sentence count and, per target, the share of its sentences with each label."""
+    counts = np.array([n for _, _, n in chunk.docs], dtype=np.int64)
+    owner = np.repeat(np.arange(len(counts)), counts)  # sentence -> document row
+    cols: dict[str, object] = {"doc_id": [d for d, _, _ in chunk.docs], "source": [s for _, s, _ in chunk.docs],
+                               "sentences": counts}
+    for target, ids in zip(model.schema.targets, label_ids):
+        hits = np.zeros((len(counts), len(target.labels)))
+        np.add.at(hits, (owner, ids), 1)
+        shares = np.round(hits / np.maximum(counts, 1)[:, None], 6)
+        for j, label in enumerate(target.labels):
+            cols[f"share_{target.name}_{label}"] = shares[:, j]
+    return pa.Table.from_pydict(cols, schema=schema)
+
+
+def score(
+    inputs: list[Path],
+    out: Path,
+    model,
+    *,
+    unit: str = "document",
+    text_field: str = "text",
+    id_field: str = "id",
+    resume: bool = False,
+    chunk_size: int | None = None,
+    doc_summary: Path | None = None,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    on_start: Callable[[int], None] | None = None,
+    on_chunk: Callable[[ChunkDone], None] | None = None,
+) -> ScoreResult:
+    """Score every record of `inputs` with `model` into `out`; with `resume`, finish an interrupted run."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    inputs = [Path(p) for p in inputs]
+    out = Path(out)
+    check_inputs(inputs)
+    output_format(out)
+    if doc_summary is not None:
+        output_format(doc_summary)
+    chunk_size = int(chunk_size or DEFAULT_CHUNK[unit])
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be at least 1")
+    job = {"inputs": [str(p.resolve()) for p in inputs], "unit": unit, "text_field": text_field,
+           "id_field": id_field, "model": model.tag, "chunk_size": chunk_size, "max_member_bytes": max_member_bytes,
+           "doc_summary": doc_summary is not None}
+    store = PartStore(out, job, resume)
+    schema = sentence_schema(model.schema.targets)
+    dschema = doc_schema(model.schema.targets)
+    skip = store.items_done
+    if on_start:
+        on_start(skip)
+    started = time.perf_counter()
+    docs_run = sentences_run = 0
+    opt = ReadOptions(text_field=text_field, id_field=id_field, max_member_bytes=max_member_bytes)
+    for chunk in _prefetched(_chunks(iter_items(inputs, opt), chunk_size, skip, unit), PREFETCH):
+        table, label_ids = predict_table(model, chunk, schema)
+        docs = doc_table(model, chunk, label_ids, dschema) if doc_summary is not None else None
+        store.commit(chunk.items, len(chunk.docs), table, chunk.rejects, docs)
+        docs_run += len(chunk.docs)
+        sentences_run += table.num_rows
+        if on_chunk:
+            on_chunk(ChunkDone(chunk.items, len(chunk.docs), table.num_rows, len(chunk.rejects)))
+    m = store.manifest
+    store.finish(schema, doc_summary, dschema)
+    return ScoreResult(out=out, rejects=store.rejects_path, documents=m["documents"], sentences=m["sentences"],
+                       rejected=m["rejected"], items_resumed=skip, documents_this_run=docs_run,
+                       sentences_this_run=sentences_run, elapsed_s=time.perf_counter() - started)

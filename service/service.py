@@ -1,0 +1,224 @@
+"""The BentoML HTTP service: POST /predict, POST /predict_document, GET /model.
+
+Run with `stancewatch serve` (or `bentoml serve service.service:StanceService`). The model comes
+from $STANCEWATCH_MODEL, else the production version, else the latest. Limits (env): sentences
+per request STANCEWATCH_MAX_SENTENCES (256), body bytes STANCEWATCH_MAX_BODY_BYTES (1 MB), items
+per inference batch STANCEWATCH_BATCH_ITEMS (64), torch threads STANCEWATCH_THREADS (all CPUs);
+STANCEWATCH_API_KEY, when set, makes prediction endpoints require `Authorization: Bearer <key>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import bentoml  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator  # noqa: E402
+from pydantic_core import InitErrorDetails, PydanticCustomError  # noqa: E402
+
+from model import store  # noqa: E402
+from model.predictor import default_threads  # noqa: E402
+from service.batching import MicroBatcher  # noqa: E402
+from service.middleware import GuardMiddleware  # noqa: E402
+
+logger = logging.getLogger("stancewatch.service")
+MAX_SENTENCES = int(os.environ.get("STANCEWATCH_MAX_SENTENCES") or 256)
+MAX_BODY_BYTES = int(os.environ.get("STANCEWATCH_MAX_BODY_BYTES") or 1_000_000)
+BATCH_ITEMS = int(os.environ.get("STANCEWATCH_BATCH_ITEMS") or 64)
+THREADS = default_threads()
+EXAMPLE_INPUT = {
+    "sentences": ["Tokyo will not retract the prime minister's remarks on Taiwan.",
+                  "Beijing demanded that Japan correct its erroneous statement."],
+}
+EXAMPLE_DOCUMENT = {"id": "doc-1", "text": "Beijing demanded a retraction. Tokyo said the remarks stand."}
+
+
+def invalid(title: str, loc: tuple, kind: str, msg: str, value: Any = None) -> ValidationError:
+    """A pydantic ValidationError, which BentoML answers with 400 and the field's location."""
+    return ValidationError.from_exception_data(
+        title, [InitErrorDetails(type=PydanticCustomError(kind, msg), loc=loc, input=value)])
+
+
+def _non_blank(text: str) -> str:
+    if not text.strip():
+        raise PydanticCustomError("blank", "must not be empty or whitespace-only")
+    return text
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    @classmethod
+    def model_validate_json(cls, data, **kwargs):  # BentoML parses request bodies with this
+        if isinstance(data, (bytes, bytearray)):
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise invalid(cls.__name__, ("body",), "invalid_utf8",
+                              f"request body is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})")
+        try:
+            return super().model_validate_json(data, **kwargs)
+        except ValidationError as exc:
+            errors = exc.errors()
+            if errors and errors[0]["type"] == "json_invalid":  # say where: the body
+                raise invalid(cls.__name__, ("body",), "json_invalid", errors[0]["msg"]) from None
+            raise
+
+
+class PredictRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_INPUT})
+    sentences: list[Annotated[str, AfterValidator(_non_blank)]] = Field(
+        min_length=1, max_length=MAX_SENTENCES, description=f"1 to {MAX_SENTENCES} sentences")
+    contexts: Optional[list[Optional[str]]] = Field(
+        None, description="The sentence before each sentence (same length as `sentences`); null for none")
+
+    @field_validator("contexts")
+    @classmethod
+    def _same_length(cls, v, info):
+        n = len(info.data.get("sentences") or [])
+        if v is not None and "sentences" in info.data and len(v) != n:
+            raise PydanticCustomError("length_mismatch", "got {got} contexts for {n} sentences", {"got": len(v), "n": n})
+        return v
+
+
+class DocumentRequest(_Request):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_DOCUMENT})
+    text: Annotated[str, AfterValidator(_non_blank)] = Field(description="The document (UTF-8, at most the body limit)")
+    id: Optional[str] = Field(None, description="Echoed back in the response")
+
+
+class Stance(BaseModel):
+    label: str
+    probs: dict[str, float]
+
+
+class SentenceResult(BaseModel):
+    text: str
+    truncated: bool
+    stances: dict[str, Stance]
+
+
+class PredictResponse(BaseModel):
+    model: str
+    sentences: list[SentenceResult]
+
+
+class DocumentSentence(SentenceResult):
+    index: int
+    start: int
+    end: int
+
+
+class TargetSummary(BaseModel):
+    counts: dict[str, int]
+    shares: dict[str, float]
+    mean_probs: dict[str, float]
+
+
+class DocumentResponse(BaseModel):
+    model: str
+    id: Optional[str] = None
+    sentences: list[DocumentSentence]
+    summary: dict[str, TargetSummary]
+
+
+class ModelInfo(BaseModel):
+    tag: str
+    schema_: dict[str, Any] = Field(alias="schema")
+    base_model: Optional[str] = None
+    data_fingerprint: Optional[str] = None
+    metrics: dict[str, Any] = {}
+    created_at: str
+
+
+def serving_tag() -> str:
+    """The full tag to serve; fails with a clear message when the store has no model."""
+    try:
+        return str(store.resolve().tag)
+    except store.ModelNotFound as exc:
+        if os.environ.get(store.PRODUCTION_ENV) or not store.list_versions():
+            raise RuntimeError(f"stancewatch service: {exc}") from None
+        # Inside a Bento the store holds only the packed model, not the one the pointer names.
+        logger.warning("%s; serving the latest version instead", exc)
+        return str(store.get("latest").tag)
+
+
+info_app = FastAPI(title="stancewatch model info")
+
+
+@info_app.get("/model", response_model=ModelInfo, response_model_by_alias=True)
+def get_model_info() -> dict:
+    """The serving model: tag, schema, base model, data fingerprint, metrics, creation time."""
+    return bentoml.get_current_service().model_info()
+
+
+@bentoml.asgi_app(info_app, path="/")
+@bentoml.service(name="stancewatch", workers=1, resources={"cpu": str(THREADS)}, traffic={"timeout": 120})
+class StanceService:
+    """Sentence-level stance classification: every sentence gets a label and probabilities per target."""
+
+    model_ref = bentoml.models.BentoModel(serving_tag())
+
+    def __init__(self) -> None:
+        import torch
+
+        from model.predictor import StanceModel
+
+        self.model = StanceModel(Path(self.model_ref.path), threads=THREADS, tag=str(self.model_ref.tag))
+        self.tag = self.model.tag
+        self.batcher = MicroBatcher(self._run_batch, max_items=BATCH_ITEMS,
+                                    thread_init=lambda: torch.set_num_threads(self.model.threads))
+
+    def _run_batch(self, items: list[tuple[str, Optional[str]]]) -> list[dict]:
+        return [p.to_dict() for p in self.model.predict([s for s, _ in items], [c for _, c in items])]
+
+    @bentoml.api(input_spec=PredictRequest)
+    async def predict(self, sentences: list[str], contexts: Optional[list[Optional[str]]] = None) -> PredictResponse:
+        """Classify sentences (each optionally with the sentence before it as context), in input order."""
+        results = await self.batcher.submit(list(zip(sentences, contexts or [None] * len(sentences))))
+        return PredictResponse(model=self.tag, sentences=results)
+
+    @bentoml.api(input_spec=DocumentRequest)
+    async def predict_document(self, text: str, id: Optional[str] = None) -> DocumentResponse:
+        """Split a document into sentences, classify each with the one before it, and summarise per target."""
+        from model.splitter import split_sentences, with_context
+
+        parts = await asyncio.to_thread(split_sentences, text)
+        if not parts:
+            raise invalid("DocumentRequest", ("text",), "no_sentences", "the document contains no sentences")
+        results = await self.batcher.submit(list(zip([s.text for s in parts], with_context(parts))))
+        sentences = [{"index": s.index, "start": s.start, "end": s.end, **r} for s, r in zip(parts, results)]
+        return DocumentResponse(model=self.tag, id=id, sentences=sentences, summary=self.summarise(results))
+
+    def summarise(self, results: list[dict]) -> dict[str, dict]:
+        """Per target: how many sentences got each label, their share, and the mean probabilities."""
+        n, out = len(results), {}
+        for target in self.model.schema.targets:
+            counts = {lab: sum(r["stances"][target.name]["label"] == lab for r in results) for lab in target.labels}
+            out[target.name] = {
+                "counts": counts,
+                "shares": {lab: round(c / n, 6) for lab, c in counts.items()},
+                "mean_probs": {lab: round(sum(r["stances"][target.name]["probs"][lab] for r in results) / n, 6)
+                               for lab in target.labels},
+            }
+        return out
+
+    def model_info(self) -> dict[str, Any]:
+        """Tag, schema, base model, training-data fingerprint, metrics and creation time."""
+        info = self.model_ref.info  # the resolved stored model's info on an instance
+        md = dict(info.metadata)
+        return {"tag": self.tag, "schema": self.model.schema.to_dict(), "base_model": md.get("base_model"),
+                "data_fingerprint": md.get("data_fingerprint"), "metrics": md.get("metrics", {}),
+                "created_at": str(md.get("created_at") or info.creation_time.isoformat())}
+
+
+StanceService.add_asgi_middleware(GuardMiddleware, max_body_bytes=MAX_BODY_BYTES,
+                                  api_key=os.environ.get("STANCEWATCH_API_KEY") or None)

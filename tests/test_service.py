@@ -1,0 +1,321 @@
+"""The service class called in-process, its request validation, the micro-batcher and the guard middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import threading
+import time
+
+import pytest
+from pydantic import ValidationError
+
+
+@pytest.fixture(scope="module")
+def svc_module(tiny_model):
+    """service.service imported with the tiny model as the serving model (the tag is read at import)."""
+    old = os.environ.get("STANCEWATCH_MODEL")
+    os.environ["STANCEWATCH_MODEL"] = tiny_model.tag
+    try:
+        import service.service as module
+
+        if str(module.StanceService.models[0].tag) != tiny_model.tag:
+            module = importlib.reload(module)
+    finally:
+        if old is None:
+            os.environ.pop("STANCEWATCH_MODEL", None)
+        else:
+            os.environ["STANCEWATCH_MODEL"] = old
+    return module
+
+
+@pytest.fixture(scope="module")
+def svc(svc_module):
+    instance = svc_module.StanceService()
+    yield instance
+    instance.batcher.close()
+
+
+def _errors(model_cls, body: bytes | str) -> list[dict]:
+    with pytest.raises(ValidationError) as info:
+        model_cls.model_validate_json(body.encode() if isinstance(body, str) else body)
+    return info.value.errors()
+
+
+# ---- the service class ----------------------------------------------------------------------
+
+
+def test_predict_returns_every_target_in_input_order(svc, svc_module, tiny_model):
+    sentences = svc_module.EXAMPLE_INPUT["sentences"]
+    out = asyncio.run(svc.predict(sentences=sentences)).model_dump()
+    assert out["model"] == tiny_model.tag
+    assert [s["text"] for s in out["sentences"]] == sentences
+    targets = svc.model.schema.targets
+    for s in out["sentences"]:
+        assert s["truncated"] is False
+        assert list(s["stances"]) == [t.name for t in targets]
+        for t in targets:
+            stance = s["stances"][t.name]
+            assert list(stance["probs"]) == list(t.labels)
+            assert stance["label"] == max(stance["probs"], key=stance["probs"].get)
+            assert sum(stance["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_predict_matches_the_model_and_uses_contexts(svc):
+    sentences, contexts = ["There is no truth to that report.", "Tokyo stood firm."], ["Reports said so.", None]
+    out = asyncio.run(svc.predict(sentences=sentences, contexts=contexts)).model_dump()
+    direct = [p.to_dict() for p in svc.model.predict(sentences, contexts)]
+    assert out["sentences"] == direct
+
+
+def test_concurrent_requests_share_batches_and_keep_their_own_results(svc):
+    sentences = [f"Sentence number {i} about Taiwan." for i in range(40)]
+    expected = [p.to_dict() for p in svc.model.predict(sentences)]
+
+    async def many():
+        return await asyncio.gather(*(svc.predict(sentences=[s]) for s in sentences))
+
+    before = svc.batcher.batches
+    results = asyncio.run(many())
+    assert [r.sentences[0].model_dump() for r in results] == expected
+    assert svc.batcher.batches - before < len(sentences)  # merged, not one batch per request
+
+
+def test_request_larger_than_a_batch_is_split_not_rejected(svc):
+    n = svc.batcher.max_items * 2 + 3
+    sentences = [f"Item {i}." for i in range(n)]
+    before = svc.batcher.batches
+    out = asyncio.run(svc.predict(sentences=sentences))
+    assert [s.text for s in out.sentences] == sentences
+    assert svc.batcher.batches - before >= 3
+
+
+def test_predict_document_offsets_contexts_and_summary(svc):
+    text = "Beijing demanded a retraction. Tokyo said the remarks stand.\n\nThe yen edged lower on Monday."
+    out = asyncio.run(svc.predict_document(text=text, id="doc-7")).model_dump()
+    assert out["id"] == "doc-7"
+    parts = out["sentences"]
+    assert len(parts) == 3
+    for i, s in enumerate(parts):
+        assert s["index"] == i and text[s["start"] : s["end"]] == s["text"]
+    texts = [s["text"] for s in parts]
+    direct = svc.model.predict(texts, [None] + texts[:-1])
+    assert [{k: s[k] for k in ("text", "truncated", "stances")} for s in parts] == [p.to_dict() for p in direct]
+    for target in svc.model.schema.targets:
+        summary = out["summary"][target.name]
+        assert sum(summary["counts"].values()) == 3
+        assert sum(summary["shares"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert sum(summary["mean_probs"].values()) == pytest.approx(1.0, abs=1e-4)
+        for lab in target.labels:
+            assert summary["counts"][lab] == sum(s["stances"][target.name]["label"] == lab for s in parts)
+
+
+def test_document_without_sentences_is_a_validation_error(svc):
+    with pytest.raises(ValidationError) as info:
+        asyncio.run(svc.predict_document(text="\x00"))  # not blank, but syntok finds no sentence
+    assert info.value.errors()[0]["loc"] == ("text",)
+
+
+def test_model_info(svc, tiny_model):
+    info = svc.model_info()
+    assert info["tag"] == tiny_model.tag
+    assert [t["name"] for t in info["schema"]["targets"]] == svc.model.schema.target_names
+    assert info["data_fingerprint"] == tiny_model.metadata["data_fingerprint"]
+    assert info["base_model"] == tiny_model.metadata["base_model"]
+    assert "mean_f_avg" in info["metrics"] and info["created_at"]
+    from service.service import ModelInfo
+
+    assert ModelInfo.model_validate(info).model_dump(by_alias=True)["schema"] == info["schema"]
+
+
+def test_the_bento_carries_the_serving_model(svc_module, tiny_model):
+    assert [str(m.tag) for m in svc_module.StanceService.models] == [tiny_model.tag]
+    assert set(svc_module.StanceService.apis) == {"predict", "predict_document"}
+
+
+# ---- request validation: every error names its field ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, loc, kind",
+    [
+        ("{}", ("sentences",), "missing"),
+        ('{"sentences": []}', ("sentences",), "too_short"),
+        ('{"sentences": "one"}', ("sentences",), "list_type"),
+        ('{"sentences": [1]}', ("sentences", 0), "string_type"),
+        ('{"sentences": ["ok", ""]}', ("sentences", 1), "blank"),
+        ('{"sentences": ["ok", " \\t\\n"]}', ("sentences", 1), "blank"),
+        ('{"sentences": ["a", "b"], "contexts": [null]}', ("contexts",), "length_mismatch"),
+        ('{"sentences": ["a"], "contexts": "x"}', ("contexts",), "list_type"),
+        ('{"sentences": ["a"], "other": 1}', ("other",), "extra_forbidden"),
+        ('{"sentences": ["a"', ("body",), "json_invalid"),
+        (b'{"sentences": ["caf\xe9"]}', ("body",), "invalid_utf8"),
+    ],
+)
+def test_predict_request_errors(svc_module, body, loc, kind):
+    err = _errors(svc_module.PredictRequest, body)[0]
+    assert (err["loc"], err["type"]) == (loc, kind)
+    assert err["msg"]
+
+
+def test_too_many_sentences_names_the_limit(svc_module):
+    n = svc_module.MAX_SENTENCES
+    assert svc_module.PredictRequest.model_validate({"sentences": ["x"] * n})
+    err = _errors(svc_module.PredictRequest, json.dumps({"sentences": ["x"] * (n + 1)}))[0]
+    assert err["loc"] == ("sentences",) and err["type"] == "too_long" and str(n) in err["msg"]
+
+
+@pytest.mark.parametrize(
+    "body, loc",
+    [("{}", ("text",)), ('{"text": "   "}', ("text",)), ('{"text": 3}', ("text",)), ('{"text": "a", "id": 5}', ("id",))],
+)
+def test_document_request_errors(svc_module, body, loc):
+    assert _errors(svc_module.DocumentRequest, body)[0]["loc"] == loc
+
+
+def test_example_input_is_valid_and_in_the_openapi_schema(svc_module):
+    assert svc_module.PredictRequest.model_validate(svc_module.EXAMPLE_INPUT)
+    assert svc_module.DocumentRequest.model_validate(svc_module.EXAMPLE_DOCUMENT)
+    paths = svc_module.StanceService.openapi_spec.asdict()["paths"]
+    assert {"/predict", "/predict_document", "/model", "/livez", "/readyz", "/metrics"} <= set(paths)
+    for path, example in (("/predict", svc_module.EXAMPLE_INPUT), ("/predict_document", svc_module.EXAMPLE_DOCUMENT)):
+        assert paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]["example"] == example
+
+
+# ---- the micro-batcher -----------------------------------------------------------------------
+
+
+def _batcher(max_items=4, delay=0.0, fail_on=None):
+    from service.batching import MicroBatcher
+
+    seen = []
+
+    def fn(items):
+        seen.append(list(items))
+        if fail_on is not None and fail_on in items:
+            raise ValueError(f"bad item {fail_on}")
+        time.sleep(delay)
+        return [x * 10 for x in items]
+
+    return MicroBatcher(fn, max_items=max_items), seen
+
+
+def test_batcher_merges_concurrent_requests_and_keeps_order():
+    batcher, seen = _batcher(max_items=8, delay=0.02)
+
+    async def run():
+        return await asyncio.gather(*(batcher.submit([i, i + 100]) for i in range(10)))
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        batcher.close()
+    assert results == [[i * 10, (i + 100) * 10] for i in range(10)]
+    assert len(seen) < 10 and max(len(b) for b in seen) <= 8
+
+
+def test_batcher_splits_a_large_request_across_batches():
+    batcher, seen = _batcher(max_items=4)
+    try:
+        assert asyncio.run(batcher.submit(list(range(11)))) == [i * 10 for i in range(11)]
+        assert asyncio.run(batcher.submit([])) == []
+    finally:
+        batcher.close()
+    assert [len(b) for b in seen] == [4, 4, 3]
+
+
+def test_batcher_reports_errors_and_keeps_serving():
+    batcher, _ = _batcher(max_items=4, fail_on=-1)
+    try:
+        with pytest.raises(ValueError, match="bad item"):
+            asyncio.run(batcher.submit([1, -1]))
+        assert asyncio.run(batcher.submit([2])) == [20]
+    finally:
+        batcher.close()
+
+
+def test_batcher_skips_cancelled_requests():
+    from service.batching import MicroBatcher
+
+    gate = threading.Event()
+    calls = []
+
+    def fn(items):
+        calls.append(list(items))
+        gate.wait(5)
+        return items
+
+    batcher = MicroBatcher(fn, max_items=2)
+
+    async def run():
+        first = asyncio.ensure_future(batcher.submit(["first"]))
+        await asyncio.sleep(0.05)  # "first" is now running
+        doomed = asyncio.ensure_future(batcher.submit(["doomed"]))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        gate.set()
+        return await first, await batcher.submit(["after"])
+
+    try:
+        assert asyncio.run(run()) == (["first"], ["after"])
+    finally:
+        batcher.close()
+    assert ["doomed"] not in calls
+
+
+def test_batcher_rejects_a_bad_budget():
+    from service.batching import MicroBatcher
+
+    with pytest.raises(ValueError):
+        MicroBatcher(lambda items: items, max_items=0)
+
+
+# ---- the guard middleware --------------------------------------------------------------------
+
+
+def _guarded_app(**options):
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from service.middleware import GuardMiddleware
+
+    async def echo(request):
+        return JSONResponse({"bytes": len(await request.body())})
+
+    async def live(request):
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/predict", echo, methods=["POST"]), Route("/livez", live)])
+    return TestClient(GuardMiddleware(app, **options))
+
+
+def test_middleware_body_limit_with_and_without_content_length():
+    client = _guarded_app(max_body_bytes=100)
+    assert client.post("/predict", content=b"x" * 100).json() == {"bytes": 100}
+    r = client.post("/predict", content=b"x" * 101)
+    assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]
+
+    def chunks(n):
+        for _ in range(n):
+            yield b"x" * 30
+
+    assert client.post("/predict", content=chunks(3)).json() == {"bytes": 90}  # chunked, no Content-Length
+    r = client.post("/predict", content=chunks(4))
+    assert r.status_code == 413 and "100 bytes" in r.json()["detail"][0]["msg"]
+    r = client.post("/predict", content=b"x", headers={"content-length": "abc"})
+    assert r.status_code == 400
+
+
+def test_middleware_api_key():
+    client = _guarded_app(api_key="s3cret")
+    r = client.post("/predict", content=b"{}")
+    assert r.status_code == 401 and r.json()["detail"][0]["type"] == "missing_api_key"
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = client.post("/predict", content=b"{}", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.json()["detail"][0]["type"] == "invalid_api_key"
+    assert client.post("/predict", content=b"{}", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/livez").status_code == 200  # health stays open

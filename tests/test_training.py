@@ -1,0 +1,104 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model import store
+from model.predictor import StanceModel, write_artifact
+from training.config import TrainConfig
+from training.data import load_labelled
+from training.train import fit, predict_logits, train
+
+
+def tiny_cfg(base, **kw):
+    return TrainConfig(base_model=str(base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64, **kw)
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="is not a local folder"):
+        TrainConfig(base_model="/nonexistent/encoder")
+
+
+def test_config_file_rejects_unknown_keys(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("epochs: 2\nlearning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_file(p)
+
+
+def _roundtrip(base, tiny_csv, tmp_path, max_length=64):
+    data = load_labelled([tiny_csv])
+    ex = data.examples
+    cfg = TrainConfig(base_model=str(base), epochs=1, max_steps=3, batch_size=4, max_length=max_length)
+    result = fit(ex, ex, data.schema, cfg, progress=False)
+    write_artifact(tmp_path / "m", result.network, result.tokenizer_json, data.schema,
+                   max_length=max_length, base_model=Path(base).name)
+    enc = result.encoder.encode([e.text for e in ex], [e.context or None for e in ex])
+    before = predict_logits(result.network, result.encoder, enc)
+    loaded = StanceModel(tmp_path / "m")
+    after = loaded.logits(loaded.encoder.encode([e.text for e in ex], [e.context or None for e in ex]))
+    return before, after
+
+
+def test_save_load_gives_identical_outputs_tiny(tiny_base, tiny_csv, tmp_path):
+    before, after = _roundtrip(tiny_base, tiny_csv, tmp_path)
+    np.testing.assert_allclose(before, after, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_save_load_gives_identical_outputs_real_minilm(minilm_path, tiny_csv, tmp_path):
+    before, after = _roundtrip(minilm_path, tiny_csv, tmp_path, max_length=128)
+    np.testing.assert_allclose(before, after, rtol=0, atol=1e-5)
+    assert (tmp_path / "m" / "model.safetensors").exists()
+    assert not list((tmp_path / "m").glob("*.bin")) and not list((tmp_path / "m").glob("*.pt"))
+
+
+def test_training_saves_a_version_with_metadata_and_report(tiny_model):
+    m = store.get(tiny_model.tag)
+    md = m.info.metadata
+    for key in ("schema", "base_model", "train_config", "data_fingerprint", "metrics", "created_at", "promotion"):
+        assert key in md, key
+    assert md["schema"]["targets"][0]["name"] == "taiwan_policy"
+    assert set(md["metrics"]) >= {"mean_f_avg", "taiwan_policy", "external_pressure"}
+    folder = Path(m.path)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "schema.json", "stancewatch.json",
+                 "eval/report.json", "eval/report.md", "eval/confusion_taiwan_policy.png",
+                 "eval/reliability_external_pressure.png"):
+        assert (folder / name).exists(), name
+    report = json.loads((folder / "eval" / "report.json").read_text())
+    assert "ece_uncalibrated" in report["targets"]["taiwan_policy"]
+    assert set(report["temperatures"]) == {"taiwan_policy", "external_pressure"}
+
+
+def test_partial_labels_and_class_weighting(tiny_base, tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("text,taiwan_policy,external_pressure\nA firm stance.,favor,\nHeed Beijing.,,favor\n"
+                 "Rain today.,none,none\nRetract it.,against,favor\n", encoding="utf-8")
+    data = load_labelled([p])
+    result = train(data, tiny_cfg(tiny_base, class_weighting=True), save=False, progress=False)
+    assert result.tag is None and (result.folder / "model.safetensors").exists()
+
+
+def test_promotion_gate_and_rollback(tiny_base, tiny_csv, tiny_model):
+    data = load_labelled([tiny_csv])
+    assert store.production_tag() == tiny_model.tag
+    never = train(data, tiny_cfg(tiny_base), progress=False, promote="never")
+    assert never.metadata["promotion"]["promote"] is False
+    assert store.production_tag() == tiny_model.tag
+    auto = train(data, tiny_cfg(tiny_base), progress=False, promote="auto", margin=1000.0)
+    decision = auto.metadata["promotion"]
+    assert decision["promote"] is True and decision["production_tag"] == tiny_model.tag
+    assert "production_mean_f_avg" in decision
+    assert store.production_tag() == auto.tag
+    assert store.rollback() == tiny_model.tag
+    assert store.production_tag() == tiny_model.tag
+    # A model marked in the stored metadata carries the decision too.
+    assert store.get(auto.tag).info.metadata["promotion"]["promote"] is True
+
+
+def test_unknown_tag_is_a_clear_error():
+    with pytest.raises(store.ModelNotFound, match="no model 'stancewatch:doesnotexist'"):
+        StanceModel.load("doesnotexist")
