@@ -28,6 +28,7 @@ from model.schema import Schema
 
 ARTIFACT_FORMAT = 1
 SETTINGS_FILE = "stancewatch.json"
+BACKENDS = ("auto", "torch", "openvino")
 
 
 def default_threads() -> int:
@@ -144,7 +145,14 @@ class TorchBackend:
 class StanceModel:
     """Predicts, for each sentence, a label and calibrated probabilities for every target."""
 
-    def __init__(self, folder: Path, backend: str = "torch", threads: int | None = None, tag: str | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        backend: str = "auto",
+        threads: int | None = None,
+        tag: str | None = None,
+        precision: str | None = None,
+    ):
         self.folder = Path(folder)
         self.tag = tag or self.folder.name
         self.schema = Schema.load(self.folder / "schema.json")
@@ -155,12 +163,23 @@ class StanceModel:
         self.encoder = InputEncoder.from_folder(self.folder, self.max_length)
         self.max_tokens = 8192  # padded tokens per inference batch
         self.max_batch = 128
-        if backend != "torch":
-            raise ValueError(f"unknown backend {backend!r}; allowed: torch")
-        self.backend = TorchBackend(self.folder, self.head_sizes, self.threads)
+        self.backend = self._make_backend(backend, precision)
+        self.pad_step = getattr(self.backend, "length_step", 1)
+
+    def _make_backend(self, backend: str, precision: str | None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+        runtime = self.settings.get("runtime", {})
+        if backend == "auto":
+            backend = runtime.get("backend", "torch")
+        if backend == "openvino":
+            from model.runtime import OpenVINOBackend
+
+            return OpenVINOBackend(self.folder, precision or runtime.get("precision", "int8"), self.threads)
+        return TorchBackend(self.folder, self.head_sizes, self.threads)
 
     @classmethod
-    def load(cls, ref: str | Path | None = None, backend: str = "torch", threads: int | None = None) -> "StanceModel":
+    def load(cls, ref: str | Path | None = None, backend: str = "auto", threads: int | None = None) -> "StanceModel":
         """Load from an artefact folder, or from the model store by tag (default: production, else latest)."""
         if ref is not None and Path(ref).is_dir() and (Path(ref) / SETTINGS_FILE).exists():
             return cls(Path(ref), backend=backend, threads=threads)
@@ -180,10 +199,21 @@ class StanceModel:
         out = np.zeros((len(encoded), sum(self.head_sizes)), dtype=np.float32)
         if not encoded:
             return out
-        for idx in plan_batches([len(e) for e in encoded], self.max_tokens, self.max_batch):
-            batch = collate([encoded[i] for i in idx], self.encoder.pad_id)
-            out[idx] = self.backend(batch)
+        plan = plan_batches([len(e) for e in encoded], self.max_tokens, self.max_batch)
+        run_many = getattr(self.backend, "run_many", None)
+        for start in range(0, len(plan), 32):  # bounded number of padded batches held at once
+            chunk = plan[start : start + 32]
+            batches = [self._collate([encoded[i] for i in idx]) for idx in chunk]
+            results = run_many(batches) if run_many else [self.backend(b) for b in batches]
+            for idx, res in zip(chunk, results):
+                out[idx] = res
         return out
+
+    def _collate(self, items: Sequence[Encoded]) -> dict[str, np.ndarray]:
+        width = max(len(x) for x in items)
+        if self.pad_step > 1:  # a bounded set of shapes for runtimes that specialise per shape
+            width = -(-width // self.pad_step) * self.pad_step
+        return collate(items, self.encoder.pad_id, pad_to=width)
 
     def probabilities(self, logits: np.ndarray, calibrated: bool = True) -> list[np.ndarray]:
         """Split logits per target and turn them into (optionally temperature-scaled) probabilities."""

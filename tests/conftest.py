@@ -91,6 +91,7 @@ def tiny_model(tiny_base, tiny_csv):
     from training.train import train
 
     data = load_labelled([tiny_csv])
-    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64)
+    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64,
+                      optimise=False)
     result = train(data, cfg, progress=False, promote="always")
     return result

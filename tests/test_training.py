@@ -12,7 +12,8 @@ from training.train import fit, predict_logits, train
 
 
 def tiny_cfg(base, **kw):
-    return TrainConfig(base_model=str(base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64, **kw)
+    return TrainConfig(base_model=str(base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64,
+                       optimise=False, **kw)
 
 
 def test_config_is_validated():

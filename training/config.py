@@ -32,6 +32,7 @@ class TrainConfig:
     patience: int = 3  # epochs without dev F_avg improvement before stopping
     seed: int = 13
     calibrate: bool = True  # fit one temperature per target on the dev split
+    optimise: bool = True  # export to OpenVINO, keep int8 if it passes validation (else bf16)
     threads: int = 0  # torch threads; 0 means every CPU this process may use
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit); for smoke tests
 

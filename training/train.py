@@ -262,8 +262,13 @@ def train(
     try:
         write_artifact(staging, result.network, result.tokenizer_json, schema,
                        max_length=cfg.max_length, base_model=Path(cfg.base_path).name)
-        # Metrics come from the saved artefact, so they are what users will get.
-        model = StanceModel(staging, backend="torch", threads=cfg.threads or None)
+        runtime = {"backend": "torch", "precision": "fp32"}
+        if cfg.optimise:
+            from training.optimise import optimise
+
+            runtime = optimise(staging, result.network, train_ex, dev_ex, seed=cfg.seed)
+        # Metrics come from the saved artefact and its chosen runtime, so they are what users get.
+        model = StanceModel(staging, backend="auto", threads=cfg.threads or None)
         dev_logits = model.logits(model.encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex]))
         gold = gold_lists(dev_ex, schema)
         temperatures = {}
@@ -289,6 +294,7 @@ def train(
             "data_size": {"train": len(train_ex), "dev": len(dev_ex)},
             "metrics": summary(report),
             "best_epoch": result.best_epoch,
+            "runtime": runtime,
             "train_seconds": round(result.seconds, 1),
             **(extra_metadata or {}),
         }

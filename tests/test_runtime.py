@@ -1,0 +1,80 @@
+"""The OpenVINO runtime: export, int8 validation gate, fallback, order restoration, no torch import."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model.predictor import SETTINGS_FILE, StanceModel
+from training.config import TrainConfig
+from training.data import DEFAULT_CORPUS, load_labelled
+from training.train import train
+
+
+@pytest.fixture(scope="module")
+def optimised(tiny_base):
+    data = load_labelled([DEFAULT_CORPUS])
+    data.examples = data.examples[:160]
+    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=6, batch_size=8, max_length=64, dev_fraction=0.25)
+    return train(data, cfg, save=False, progress=False)
+
+
+def test_export_records_the_choice_and_agreement(optimised):
+    settings = json.loads((optimised.folder / SETTINGS_FILE).read_text())
+    runtime = settings["runtime"]
+    assert (optimised.folder / "openvino" / "model.xml").exists()
+    assert (optimised.folder / "openvino" / "model_int8.xml").exists()
+    assert runtime["checked_on"] > 0
+    int8 = runtime["candidates"]["int8"]
+    assert set(int8["agreement"]) == {"taiwan_policy", "external_pressure"}
+    if int8["passed"]:
+        assert runtime == {**runtime, "backend": "openvino", "precision": "int8"}
+        assert min(int8["agreement"].values()) >= 0.99
+    else:
+        assert runtime["precision"] in ("bf16", "fp32")
+    assert optimised.metadata["runtime"] == runtime
+
+
+def test_openvino_agrees_with_torch_and_restores_order(optimised):
+    torch_model = StanceModel(optimised.folder, backend="torch")
+    sentences = [("word " * n) + f"number {n}." for n in (40, 3, 17, 1, 25, 8, 60, 2, 11)]
+    ref = np.concatenate(torch_model.predict_arrays(sentences)[0], axis=1)
+    fp32 = StanceModel(optimised.folder, backend="openvino", precision="fp32")
+    got = np.concatenate(fp32.predict_arrays(sentences)[0], axis=1)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    fp32.max_tokens, fp32.max_batch = 64, 2  # many small batches in flight at once
+    np.testing.assert_allclose(np.concatenate(fp32.predict_arrays(sentences)[0], axis=1), ref, atol=1e-4)
+    int8 = StanceModel(optimised.folder, backend="openvino", precision="int8")
+    agree = (np.argmax(int8.predict_arrays(sentences)[0][0], 1) == np.argmax(torch_model.predict_arrays(sentences)[0][0], 1)).mean()
+    assert agree >= 0.5  # a tiny random model is a poor int8 subject; the real gate is in training
+
+
+def test_failed_validation_falls_back(optimised, monkeypatch, tmp_path):
+    import shutil
+
+    from training import optimise as opt
+
+    folder = tmp_path / "copy"
+    shutil.copytree(optimised.folder, folder)
+    monkeypatch.setattr(opt, "MIN_AGREEMENT", 1.01)  # nothing can pass
+    data = load_labelled([DEFAULT_CORPUS])
+    from model.predictor import StanceModel as SM
+
+    net = SM(folder, backend="torch").backend.network
+    runtime = opt.optimise(folder, net, data.examples[:40], data.examples[40:80])
+    assert runtime["backend"] == "torch" and runtime["precision"] == "fp32"
+    assert not runtime["candidates"]["int8"]["passed"] and not runtime["candidates"]["bf16"]["passed"]
+    assert StanceModel(folder).backend.name == "torch"
+
+
+def test_openvino_process_never_imports_torch(optimised):
+    code = (
+        "import sys; from model.predictor import StanceModel; "
+        f"m = StanceModel({str(optimised.folder)!r}, backend='openvino', precision='int8'); "
+        "m.predict(['A sentence.']); "
+        "print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False False"
