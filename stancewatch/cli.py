@@ -86,6 +86,7 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimiser steps (smoke tests)."),
     class_weighting: Optional[bool] = typer.Option(None, "--class-weighting/--no-class-weighting"),
     drop_conflicts: bool = typer.Option(False, "--drop-conflicts", help="Drop rows whose labels conflict (listed)."),
+    merge: bool = typer.Option(False, "--merge", help="Add the production version's training data (new labels win)."),
     promote: str = typer.Option("auto", "--promote", help="auto | always | never"),
     margin: float = typer.Option(0.5, "--margin", help="auto: promote unless mean F_avg drops by more than this many points."),
 ) -> None:
@@ -103,7 +104,11 @@ def train(
     except (ValueError, TypeError, OSError) as exc:
         _fail(str(exc), 2)
     paths = list(data) if data else [DEFAULT_CORPUS]
-    labelled = _load_data(paths, schema, drop_conflicts)
+    extra_metadata = {}
+    if merge:
+        labelled, extra_metadata = _merge_with_production(paths, schema, drop_conflicts)
+    else:
+        labelled = _load_data(paths, schema, drop_conflicts)
     _print_data_report(labelled, "training data")
     console.print(("schema inferred from the data:" if labelled.report.schema_inferred else "schema:"), highlight=False)
     _print_schema(labelled.schema)
@@ -119,10 +124,39 @@ def train(
 
     from training.train import train as run_training
 
-    result = run_training(labelled, cfg, dev=dev_data, promote=promote, margin=margin)
+    result = run_training(labelled, cfg, dev=dev_data, promote=promote, margin=margin, extra_metadata=extra_metadata)
     console.print(f"new model version: [bold]{result.tag}[/]", highlight=False)
     _print_metrics(result.report)
     console.print(f"promotion: {result.metadata['promotion']['message']}", highlight=False)
+
+
+def _merge_with_production(paths: list[Path], schema_file: Optional[Path], drop_conflicts: bool):
+    from model import store
+    from model.schema import Schema
+    from training.data import DataValidationError, load_labelled, merge
+
+    try:
+        prod = store.resolve(None)
+    except store.ModelNotFound as exc:
+        _fail(f"--merge needs a production (or latest) version: {exc}")
+    folder = Path(prod.path)
+    prod_schema = Schema.load(folder / "schema.json")
+    stored = [folder / "data" / "train.jsonl", folder / "data" / "dev.jsonl"]
+    if not stored[0].exists():
+        _fail(f"{prod.tag} carries no training data (trained before data was stored with versions)")
+    try:
+        old = load_labelled(stored, schema=prod_schema)
+        new = load_labelled(paths, schema=Schema.load(schema_file) if schema_file else prod_schema,
+                            drop_conflicts=drop_conflicts)
+    except DataValidationError as exc:
+        _fail(str(exc), 2)
+    merged, conflicts = merge(old, new)
+    console.print(f"merging {len(new.examples)} new examples into the {len(old.examples)} of {prod.tag}: "
+                  f"{len(merged.examples)} examples, {len(conflicts)} label(s) overridden by the new data", highlight=False)
+    for line in conflicts:
+        console.print(f"  overridden: {line}", highlight=False)
+    return merged, {"merge": {"base_version": str(prod.tag), "base_examples": len(old.examples),
+                              "new_examples": len(new.examples), "overridden_labels": len(conflicts)}}
 
 
 @app.command("eval")
@@ -243,7 +277,7 @@ def init(
                       f"{store.production_tag() or str(versions[0].tag) + ' (latest)'}", highlight=False)
         return
     train(data=None, dev=None, schema=None, base_model=None, config=None, epochs=None, seed=None, max_steps=None,
-          class_weighting=None, drop_conflicts=False, promote="auto", margin=0.5)
+          class_weighting=None, drop_conflicts=False, merge=False, promote="auto", margin=0.5)
 
 
 # ---- models ---------------------------------------------------------------------------------

@@ -69,3 +69,20 @@ def test_labels_check(tiny_csv, tmp_path):
     result = runner.invoke(app, ["labels", "check", str(bad), "--schema", str(REPO / "model" / "default_schema.yaml")])
     assert result.exit_code == 2
     assert "row 1: label: unknown label 'yes'" in result.output
+
+
+def test_merge_retrains_on_production_data_and_lists_overrides(tmp_path, tiny_base, tiny_model, tiny_csv):
+    prod = store.resolve(None)
+    assert (Path(prod.path) / "data" / "train.jsonl").exists()
+    new = tmp_path / "new.csv"
+    new.write_text("text,context,taiwan_policy,external_pressure\n"
+                   "The remarks were reckless and must be withdrawn.,,against,favor\n"
+                   "A completely new sentence about tariffs.,,none,none\n", encoding="utf-8")
+    result = runner.invoke(app, ["train", "--merge", "--data", str(new), "--base-model", str(tiny_base),
+                                 "--max-steps", "1", "--epochs", "1", "--promote", "never"])
+    assert result.exit_code == 0, result.output
+    assert "overridden: external_pressure: 'The remarks were reckless" in result.output
+    assert "was 'none', now 'favor'" in result.output
+    tag = result.output.split("new model version: ")[1].split()[0]
+    md = store.get(tag).info.metadata["merge"]
+    assert md["base_version"] == str(prod.tag) and md["overridden_labels"] == 1 and md["new_examples"] == 2

@@ -155,3 +155,43 @@ def test_stratified_split_is_deterministic_and_disjoint():
     assert [e.text for e in dv1] == [e.text for e in dv2]
     assert not {e.text for e in tr1} & {e.text for e in dv1}
     assert abs(len(dv1) - 0.15 * len(d.examples)) <= 2
+
+
+def test_label_studio_export(tmp_path):
+    tasks = [
+        {"data": {"text": "Tokyo will not back down."}, "annotations": [
+            {"was_cancelled": True, "result": []},
+            {"result": [{"from_name": "taiwan_policy", "type": "choices", "value": {"choices": ["favor"]}},
+                        {"from_name": "external_pressure", "type": "choices", "value": {"choices": ["against"]}}]}]},
+        {"data": {"text": "It rained.", "context": "Earlier."}, "annotations": [
+            {"result": [{"from_name": "taiwan_policy", "type": "choices", "value": {"choices": ["none"]}}]}]},
+    ]
+    p = tmp_path / "ls.json"
+    p.write_text(json.dumps(tasks), encoding="utf-8")
+    d = load_labelled([p])
+    assert [e.labels for e in d.examples] == [{"taiwan_policy": "favor", "external_pressure": "against"},
+                                             {"taiwan_policy": "none"}]
+    assert d.examples[1].context == "Earlier."
+    tasks[1]["annotations"][0]["result"][0]["value"]["choices"] = ["maybe"]
+    p.write_text(json.dumps(tasks), encoding="utf-8")
+    with pytest.raises(DataValidationError) as exc:
+        load_labelled([p])
+    assert problems_of(exc) == [(2, "label", "unknown label 'maybe' for target 'taiwan_policy'; allowed: favor, against, none")]
+
+
+def test_argilla_records(tmp_path):
+    records = [
+        {"fields": {"text": "Beijing demanded a retraction."},
+         "responses": {"taiwan_policy": [{"value": "against", "status": "submitted"}],
+                       "external_pressure": [{"value": "favor", "status": "submitted"}, {"value": "none", "status": "draft"}]}},
+        {"fields": {"text": "Disputed one."},
+         "responses": {"taiwan_policy": [{"value": "favor", "status": "submitted"}, {"value": "none", "status": "submitted"}]}},
+    ]
+    p = tmp_path / "argilla.json"
+    p.write_text(json.dumps(records), encoding="utf-8")
+    with pytest.raises(DataValidationError) as exc:
+        load_labelled([p])
+    assert problems_of(exc) == [(2, "taiwan_policy", "annotators disagree: ['favor', 'none']")]
+    p.write_text(json.dumps(records[:1]), encoding="utf-8")
+    d = load_labelled([p])
+    assert d.examples[0].labels == {"taiwan_policy": "against", "external_pressure": "favor"}

@@ -127,6 +127,14 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
             encoding="utf-8-sig", **kwargs,
         )
     elif kind == "json":
+        from training.importers import read_export
+
+        exported = read_export(path)
+        if exported is not None:  # a Label Studio or Argilla export
+            _, rows, issues = exported
+            if issues:
+                raise DataValidationError([Problem(str(path), n, f, m) for n, f, m in issues])
+            return ["text", "context", "target", "label"], rows
         bad = _bad_json_lines(path)
         if bad:
             raise DataValidationError(bad)
@@ -214,6 +222,7 @@ def load_labelled(
 
     for path, long, target_cols, rows in tables:
         for n, row in enumerate(rows, start=1):
+            n = row.pop("_row", n)  # exports: the task/record number, not the flattened row
             report.rows += 1
             text = _as_text(row.get("text"))
             context = _as_text(row.get("context")) if "context" in row else ""
@@ -353,3 +362,42 @@ def stratified_folds(examples: Sequence[Example], schema: Schema, k: int, seed: 
     strata = [s if counts[s] >= k else "rare" for s in strata]
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(list(tr), list(te)) for tr, te in skf.split(list(range(len(examples))), strata)]
+
+
+# ---- persistence and merging ------------------------------------------------------------------
+
+
+def write_examples(examples: Sequence[Example], schema: Schema, path: str | Path) -> None:
+    """Save examples as wide JSONL (text, context, one key per target; null = unlabelled)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for ex in examples:
+            row = {"text": ex.text, "context": ex.context}
+            row.update({t: ex.labels.get(t) for t in schema.target_names})
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def merge(old: LabelledData, new: LabelledData) -> tuple[LabelledData, list[str]]:
+    """Old examples plus new ones; where both label the same text and target, the new label wins.
+
+    Returns the merged data and one line per conflict that the new data overrode.
+    """
+    merged: dict[tuple[str, str], Example] = {}
+    for ex in old.examples:
+        merged[(ex.text, ex.context)] = Example(ex.text, ex.context, dict(ex.labels), ex.source)
+    conflicts = []
+    for ex in new.examples:
+        key = (ex.text, ex.context)
+        if key not in merged:
+            merged[key] = Example(ex.text, ex.context, dict(ex.labels), ex.source)
+            continue
+        current = merged[key]
+        for target, label in ex.labels.items():
+            if target in current.labels and current.labels[target] != label:
+                conflicts.append(f"{target}: {ex.text[:80]!r} was {current.labels[target]!r}, now {label!r} ({ex.source})")
+            current.labels[target] = label
+    report = LoadReport(rows=old.report.rows + new.report.rows,
+                        duplicates_dropped=len(old.examples) + len(new.examples) - len(merged),
+                        warnings=list(new.report.warnings))
+    return LabelledData(list(merged.values()), new.schema, report), conflicts

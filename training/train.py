@@ -22,7 +22,7 @@ import numpy as np
 from model.encoding import InputEncoder, collate, plan_batches
 from model.schema import Schema
 from training.config import TrainConfig
-from training.data import Example, LabelledData, stratified_split
+from training.data import Example, LabelledData, stratified_split, write_examples
 from training.evaluate import evaluate_predictions, fit_temperature, summary, write_report
 
 log = logging.getLogger(__name__)
@@ -281,6 +281,9 @@ def train(
             ids = np.array([t.label_id(gold[t.name][i]) for i in keep], dtype=int)
             temperatures[t.name] = fit_temperature(dev_logits[keep, start : start + len(t.labels)], ids)
         set_temperatures(staging, temperatures)
+        # The examples travel with the version, so `--merge` can retrain on them later.
+        write_examples(train_ex, schema, staging / "data" / "train.jsonl")
+        write_examples(dev_ex, schema, staging / "data" / "dev.jsonl")
         report = evaluate_predictions(schema, gold, split_probs(dev_logits, schema, temperatures),
                                       raw_probs=split_probs(dev_logits, schema))
         report["temperatures"] = temperatures
