@@ -7,7 +7,6 @@ evaluation, the predictor, the service, batch scoring) asks a `Schema` instead o
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -15,7 +14,6 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 DEFAULT_SCHEMA_PATH = Path(__file__).with_name("default_schema.yaml")
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # Labels are listed in this order when a schema is inferred from data, so ids do not depend on
 # which label happens to come first in a file.
 _CANONICAL_ORDER = ("favor", "against", "none")
@@ -48,10 +46,8 @@ class Schema:
             raise SchemaError("a schema needs at least one target")
         seen: set[str] = set()
         for t in self.targets:
-            if not _NAME_RE.match(t.name):
-                raise SchemaError(
-                    f"target name {t.name!r} must start with a letter and use only letters, digits and '_'"
-                )
+            if not t.name or t.name != t.name.strip() or not t.name.isprintable():
+                raise SchemaError(f"target name {t.name!r} must be non-empty printable text without outer spaces")
             if t.name in seen:
                 raise SchemaError(f"target {t.name!r} is defined twice")
             seen.add(t.name)

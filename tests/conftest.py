@@ -11,7 +11,10 @@ import pytest
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
-os.environ.setdefault("STANCEWATCH_THREADS", "2")
+# Tiny models gain nothing from a second thread, and one thread per test process keeps parallel
+# jobs on a 2-core machine from thrashing.
+os.environ.setdefault("STANCEWATCH_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"

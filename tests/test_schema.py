@@ -35,7 +35,8 @@ def test_yaml_with_label_list(tmp_path):
         ((Target("a", ("x",)),), "at least two labels"),
         ((Target("a", ("x", "x")),), "repeats a label"),
         ((Target("a", ("x", "y")), Target("a", ("x", "y"))), "defined twice"),
-        ((Target("bad name", ("x", "y")),), "must start with a letter"),
+        ((Target(" padded", ("x", "y")),), "without outer spaces"),
+        ((Target("", ("x", "y")),), "must be non-empty"),
     ],
 )
 def test_invalid_schemas_are_rejected(targets, message):
