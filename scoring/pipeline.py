@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -221,14 +222,16 @@ def score(
     started = time.perf_counter()
     docs_run = sentences_run = 0
     opt = ReadOptions(text_field=text_field, id_field=id_field, max_member_bytes=max_member_bytes)
-    for chunk in _prefetched(_chunks(iter_items(inputs, opt), chunk_size, skip, unit), PREFETCH):
-        table, label_ids = predict_table(model, chunk, schema)
-        docs = doc_table(model, chunk, label_ids, dschema) if doc_summary is not None else None
-        store.commit(chunk.items, len(chunk.docs), table, chunk.rejects, docs)
-        docs_run += len(chunk.docs)
-        sentences_run += table.num_rows
-        if on_chunk:
-            on_chunk(ChunkDone(chunk.items, len(chunk.docs), table.num_rows, len(chunk.rejects)))
+    chunks = _prefetched(_chunks(iter_items(inputs, opt), chunk_size, skip, unit), PREFETCH)
+    with closing(chunks):  # on any error, stop the reader thread now
+        for chunk in chunks:
+            table, label_ids = predict_table(model, chunk, schema)
+            docs = doc_table(model, chunk, label_ids, dschema) if doc_summary is not None else None
+            store.commit(chunk.items, len(chunk.docs), table, chunk.rejects, docs)
+            docs_run += len(chunk.docs)
+            sentences_run += table.num_rows
+            if on_chunk:
+                on_chunk(ChunkDone(chunk.items, len(chunk.docs), table.num_rows, len(chunk.rejects)))
     m = store.manifest
     store.finish(schema, doc_summary, dschema)
     return ScoreResult(out=out, rejects=store.rejects_path, documents=m["documents"], sentences=m["sentences"],

@@ -265,6 +265,37 @@ def crossval(
 
 
 @app.command()
+def suggest(
+    inputs: list[Path] = typer.Argument(..., help="Documents: the same inputs as `score` (files, folders, archives)."),
+    n: int = typer.Option(200, "--n", help="How many sentences to pick."),
+    out: Path = typer.Option(Path("to_label.csv"), "--out"),
+    model: Optional[str] = typer.Option(None, "--model", help="Tag (default: production)."),
+    strategy: str = typer.Option("margin", "--strategy", help="margin | entropy"),
+    per_doc: int = typer.Option(3, "--per-doc", help="At most this many sentences from one document."),
+    max_sentences: int = typer.Option(50_000, "--max-sentences", help="Consider at most this many sentences."),
+    text_field: str = typer.Option("text", "--text-field"),
+    id_field: str = typer.Option("id", "--id-field"),
+) -> None:
+    """Pick the sentences the model is least sure about, as a CSV to label next."""
+    from scoring.readers import InputError, ReadOptions, Record, iter_items
+    from training.suggest import STRATEGIES, candidates, select, write_suggestions
+
+    if strategy not in STRATEGIES:
+        _fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}", 2)
+    m = _load_model(model)
+    opts = ReadOptions(text_field=text_field, id_field=id_field)
+    try:
+        docs = ((item.doc_id, item.text) for item in iter_items(list(inputs), opts) if isinstance(item, Record))
+        cands = candidates(m, docs, strategy, max_sentences)
+    except InputError as exc:
+        _fail(str(exc), 2)
+    picked = select(cands, len(m.schema.targets), n, per_doc)
+    write_suggestions(picked, m.schema.target_names, m.tag, out)
+    console.print(f"{len(picked)} of {len(cands)} sentences written to {out} "
+                  f"({len({c.doc_id for c, _ in picked})} documents)", highlight=False)
+
+
+@app.command()
 def init(
     force: bool = typer.Option(False, "--force", help="Train even if the store already has a model."),
 ) -> None:

@@ -16,7 +16,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -350,12 +349,15 @@ def _cli(*args: str) -> list[str]:
     return [str(exe), "score", *args] if exe.exists() else [sys.executable, "-m", "stancewatch.cli", "score", *args]
 
 
-def test_sigkill_midway_then_resume_gives_the_uninterrupted_output(tmp_path, tiny_model, model):
+@pytest.mark.slow  # three model loads in subprocesses: ~20 s on a busy 2-core machine
+def test_sigkill_midway_then_resume_gives_the_uninterrupted_output(tmp_path, tiny_model):
     src = tmp_path / "big.jsonl"
-    _generate_articles(src, 3000)
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1"}
+    _generate_articles(src, 1000)
+    # one inference thread: deterministic, and no spinning against the reader thread on small machines
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1", "STANCEWATCH_THREADS": "1"}
+    common = ["--model", tiny_model.tag, "--chunk-size", "16", "--no-progress"]
     out = tmp_path / "killed.parquet"
-    args = _cli(str(src), "--out", str(out), "--model", tiny_model.tag, "--chunk-size", "64", "--no-progress")
+    args = _cli(str(src), "--out", str(out), *common)
     proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     manifest = tmp_path / "killed.parquet.parts" / "manifest.json"
     deadline = time.monotonic() + 120
@@ -365,28 +367,30 @@ def test_sigkill_midway_then_resume_gives_the_uninterrupted_output(tmp_path, tin
             parts = len(json.loads(manifest.read_text())["parts"])
             if parts >= 2:
                 break
-        time.sleep(0.02)
+        time.sleep(0.01)
     assert proc.poll() is None, f"finished before it could be killed:\n{proc.stdout.read().decode()}"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert parts >= 2 and not out.exists()
     done = json.loads(manifest.read_text())["items_done"]
-    assert 0 < done < 3000
+    assert 0 < done < 1000
 
     resumed = subprocess.run(args + ["--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed after" in resumed.stdout
+    import torch
 
+    threads = torch.get_num_threads()
     full = tmp_path / "full.parquet"
-    score([src], full, model, chunk_size=64)  # the uninterrupted run, in this process
+    try:  # the uninterrupted run, in this process with the subprocesses' single thread
+        score([src], full, StanceModel(tiny_model.folder, threads=1), chunk_size=16)
+    finally:
+        torch.set_num_threads(threads)
+
     a, b = pq.read_table(out), pq.read_table(full)
-    assert a.num_rows == b.num_rows and a.num_rows > 3000
-    assert a.column_names == b.column_names
-    for name in a.column_names:
-        if name.startswith("p_"):
-            np.testing.assert_allclose(a.column(name).to_numpy(), b.column(name).to_numpy(), atol=2e-6)
-        else:
-            assert a.column(name).to_pylist() == b.column(name).to_pylist(), name
+    assert a.num_rows > 1000
+    assert a.equals(b)  # row for row, value for value
     keys = list(zip(a.column("doc_id").to_pylist(), a.column("sentence_index").to_pylist()))
     assert len(set(keys)) == len(keys)  # every sentence exactly once
-    assert (tmp_path / "killed.parquet.rejects.jsonl").read_text() == (tmp_path / "full.parquet.rejects.jsonl").read_text()
+    rejects = (tmp_path / "killed.parquet.rejects.jsonl").read_text()
+    assert rejects == (tmp_path / "full.parquet.rejects.jsonl").read_text() and rejects.count("\n") == 2

@@ -1,0 +1,177 @@
+"""Batch scoring end to end vs the bare model, and peak memory for a small vs a 10x larger archive.
+
+Generates archives of news-length articles (sentences of the bundled corpus, shuffled), runs
+`stancewatch score` on each in a fresh process (its peak RSS read from `wait4`), then times bare
+`StanceModel.predict_arrays` in this process on exactly the sentences (and contexts) the run wrote,
+in the same chunks. Prints end-to-end sentences/s, bare sentences/s and their ratio (goal: >= 0.9:
+reading, splitting and writing hidden behind inference), and the two peak RSS values (goal: flat).
+Run one benchmark at a time: both sides share the machine's cores.
+
+    python bench/score.py [--model TAG] [--articles 20000] [--big 200000] [--format jsonl.zst|tar.gz|zip]
+    python bench/score.py --quick          # 1,000 vs 10,000 articles of 8-12 sentences
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def corpus_sentences() -> list[str]:
+    with open(REPO / "training" / "data" / "default_corpus.csv", newline="", encoding="utf-8") as fh:
+        return [r["text"] for r in csv.DictReader(fh)]
+
+
+def articles(n: int, lo: int, hi: int, seed: int = 0):
+    """(id, text) of `n` articles of lo..hi corpus sentences, two paragraphs each."""
+    base = corpus_sentences()
+    rng = random.Random(seed)
+    for i in range(n):
+        sents = rng.choices(base, k=rng.randint(lo, hi))
+        half = len(sents) // 2
+        yield f"art{i:07d}", " ".join(sents[:half]) + "\n\n" + " ".join(sents[half:])
+
+
+def generate(path: Path, n: int, lo: int, hi: int) -> Path:
+    """Write `n` articles as .jsonl.zst, .tar.gz (one .txt per article) or .zip (likewise)."""
+    name = path.name
+    if name.endswith(".jsonl.zst"):
+        import zstandard
+
+        with open(path, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as zw:
+            for doc_id, text in articles(n, lo, hi):
+                zw.write((json.dumps({"id": doc_id, "text": text}) + "\n").encode())
+    elif name.endswith(".tar.gz"):
+        with tarfile.open(path, "w:gz") as tf:
+            for doc_id, text in articles(n, lo, hi):
+                data = text.encode()
+                info = tarfile.TarInfo(f"{doc_id}.txt")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    elif name.endswith(".zip"):
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            for doc_id, text in articles(n, lo, hi):
+                zf.writestr(f"{doc_id}.txt", text)
+    else:
+        raise ValueError(f"unknown archive format: {name}")
+    return path
+
+
+def run_score(archive: Path, out: Path, model: str | None, chunk: int) -> dict:
+    """`stancewatch score` in a fresh process: its summary numbers and peak RSS (MiB)."""
+    exe = Path(sys.executable).parent / "stancewatch"
+    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "stancewatch.cli"]),
+           "score", str(archive), "--out", str(out), "--chunk-size", str(chunk), "--no-progress"]
+    if model:
+        cmd += ["--model", model]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"stancewatch score failed ({proc.returncode}):\n{output}")
+    m = re.search(r"(\d+) documents, (\d+) sentences, (\d+) rejected records in ([\d.]+) s", output)
+    if not m:
+        raise SystemExit(f"no summary in the output:\n{output}")
+    docs, sents, rejected, secs = int(m[1]), int(m[2]), int(m[3]), float(m[4])
+    return {"documents": docs, "sentences": sents, "rejected": rejected, "score_s": secs, "process_s": wall,
+            "sentences_per_s": sents / secs, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is KiB on Linux
+
+
+def bare_throughput(out: Path, model: str | None, chunk_docs: int) -> dict:
+    """Bare `predict_arrays` on the run's own sentences and contexts, in the run's chunks."""
+    import pyarrow.parquet as pq
+
+    from model.predictor import StanceModel
+
+    m = StanceModel.load(model)
+    table = pq.read_table(out, columns=["doc_id", "sentence_index", "text"])
+    doc_ids, index, texts = (table.column(c).to_pylist() for c in ("doc_id", "sentence_index", "text"))
+    del table
+    contexts = [None if index[i] == 0 else texts[i - 1] for i in range(len(texts))]
+    bounds, docs_seen, start = [], 0, 0
+    for i in range(1, len(texts) + 1):  # chunk boundaries every `chunk_docs` documents
+        if i == len(texts) or index[i] == 0:
+            docs_seen += 1
+            if docs_seen % chunk_docs == 0 or i == len(texts):
+                bounds.append((start, i))
+                start = i
+    m.predict_arrays(texts[:64], contexts[:64])  # warm-up
+    started = time.perf_counter()
+    for a, b in bounds:
+        m.predict_arrays(texts[a:b], contexts[a:b])
+    secs = time.perf_counter() - started
+    return {"sentences": len(texts), "seconds": secs, "sentences_per_s": len(texts) / secs, "threads": m.threads}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="Tag or artefact folder (default: production).")
+    ap.add_argument("--articles", type=int, default=20_000, help="Articles in the archive timed end to end.")
+    ap.add_argument("--big", type=int, default=200_000, help="Articles in the archive for the memory comparison (0: skip).")
+    ap.add_argument("--sentences", default="20-30", help="Sentences per article, lo-hi.")
+    ap.add_argument("--format", default="jsonl.zst", choices=["jsonl.zst", "tar.gz", "zip"])
+    ap.add_argument("--chunk", type=int, default=256, help="Documents per chunk.")
+    ap.add_argument("--workdir", type=Path, default=None, help="Where archives and outputs go (default: a temp dir).")
+    ap.add_argument("--quick", action="store_true", help="1,000 vs 10,000 articles of 8-12 sentences.")
+    args = ap.parse_args()
+    if args.quick:
+        args.articles, args.big, args.sentences = 1_000, 10_000, "8-12"
+    lo, hi = (int(x) for x in args.sentences.split("-"))
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-score-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    results = {}
+    for label, n in (("small", args.articles), ("big", args.big)):
+        if n <= 0:
+            continue
+        archive = work / f"articles-{n}.{args.format}"
+        if not archive.exists():
+            t = time.perf_counter()
+            generate(archive, n, lo, hi)
+            print(f"generated {archive} ({archive.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t:.0f} s",
+                  flush=True)
+        out = work / f"scored-{n}.parquet"
+        results[label] = run_score(archive, out, args.model, args.chunk)
+        r = results[label]
+        print(f"{label}: {n} articles, {r['sentences']} sentences, score {r['score_s']:.1f} s "
+              f"({r['sentences_per_s']:.0f} sentences/s end to end), peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+        if label == "small":
+            bare = bare_throughput(out, args.model, args.chunk)
+            results["bare"] = bare
+            print(f"bare predict_arrays on the same {bare['sentences']} sentences: {bare['seconds']:.1f} s "
+                  f"({bare['sentences_per_s']:.0f} sentences/s, {bare['threads']} threads)", flush=True)
+    ratio = results["small"]["sentences_per_s"] / results["bare"]["sentences_per_s"]
+    results["ratio"] = ratio
+    print(f"end-to-end / bare throughput: {ratio:.2f} (goal >= 0.90)")
+    if "big" in results:
+        growth = results["big"]["peak_rss_mib"] / results["small"]["peak_rss_mib"]
+        results["rss_growth"] = growth
+        print(f"peak RSS {results['small']['peak_rss_mib']:.0f} MiB for {args.articles} articles vs "
+              f"{results['big']['peak_rss_mib']:.0f} MiB for {args.big}: x{growth:.2f} (goal: flat)")
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
