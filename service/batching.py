@@ -1,8 +1,8 @@
 """Adaptive micro-batching for the HTTP service.
 
 Concurrent requests put their items in one queue; a single inference thread takes everything
-queued (up to `max_items`) as one batch, runs it, and hands each request its slice of the
-results. Nothing waits on a timer: a lone request runs at once, and requests that arrive while a
+queued (up to `max_items`, shared fairly between requests) as one batch, runs it, and hands each
+request its slice of the results. Nothing waits on a timer: a lone request runs at once, and requests that arrive while a
 batch is running form the next batch. A request larger than `max_items` is split across batches
 instead of being rejected. Works from any asyncio event loop (one per test is fine).
 """
@@ -82,25 +82,34 @@ class MicroBatcher:
         self._thread.join(timeout)
 
     def _take(self) -> list[tuple[_Job, int, int]] | None:
-        """Wait for work; return (job, start, stop) slices totalling at most max_items."""
+        """Wait for work; return (job, start, stop) slices totalling at most max_items.
+
+        The budget is shared round-robin between queued requests, so a short request is not
+        stuck behind a long document: it gets into the very next batch.
+        """
         with self._cond:
             while not self._queue and not self._closed:
                 self._cond.wait()
             if not self._queue:
                 return None
-            slices, budget = [], self.max_items
-            while self._queue and budget:
-                job = self._queue[0]
-                if job.future.cancelled():
-                    self._queue.popleft()
-                    continue
-                stop = min(len(job.items), job.next + budget)
-                slices.append((job, job.next, stop))
-                budget -= stop - job.next
-                job.next = stop
-                if stop == len(job.items):
-                    self._queue.popleft()
-            return slices
+            taken: dict[int, list] = {}
+            budget = self.max_items
+            while budget and self._queue:
+                share = max(1, budget // len(self._queue))
+                for job in list(self._queue):
+                    if job.future.cancelled():  # the client went away: skip the rest of its items
+                        self._queue.remove(job)
+                        continue
+                    n = min(share, budget, len(job.items) - job.next)
+                    if n <= 0:
+                        break
+                    entry = taken.setdefault(id(job), [job, job.next, job.next])
+                    entry[2] += n
+                    job.next += n
+                    budget -= n
+                    if job.next == len(job.items):
+                        self._queue.remove(job)
+            return [tuple(entry) for entry in taken.values()]
 
     def _run(self) -> None:
         if self._thread_init is not None:

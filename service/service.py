@@ -161,7 +161,7 @@ def get_model_info() -> dict:
 
 
 @bentoml.asgi_app(info_app, path="/")
-@bentoml.service(name="stancewatch", workers=1, resources={"cpu": str(THREADS)}, traffic={"timeout": 120})
+@bentoml.service(name="stancewatch", workers=1, resources={"cpu": str(THREADS)}, traffic={"timeout": 600})
 class StanceService:
     """Sentence-level stance classification: every sentence gets a label and probabilities per target."""
 

@@ -114,7 +114,7 @@ def test_predict_document_offsets_contexts_and_summary(svc):
 
 def test_document_without_sentences_is_a_validation_error(svc):
     with pytest.raises(ValidationError) as info:
-        asyncio.run(svc.predict_document(text="\x00"))  # not blank, but syntok finds no sentence
+        asyncio.run(svc.predict_document(text="\u200b"))  # not blank to str.strip, but no sentence
     assert info.value.errors()[0]["loc"] == ("text",)
 
 
@@ -133,6 +133,17 @@ def test_model_info(svc, tiny_model):
 def test_the_bento_carries_the_serving_model(svc_module, tiny_model):
     assert [str(m.tag) for m in svc_module.StanceService.models] == [tiny_model.tag]
     assert set(svc_module.StanceService.apis) == {"predict", "predict_document"}
+
+
+def test_import_fails_clearly_without_a_model(tiny_model):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STANCEWATCH_MODEL": "stancewatch:nosuchversion"}
+    done = subprocess.run([sys.executable, "-c", "import service.service"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "nosuchversion" in done.stderr and "stancewatch train" in done.stderr
 
 
 # ---- request validation: every error names its field ---------------------------------------
@@ -263,6 +274,37 @@ def test_batcher_skips_cancelled_requests():
     finally:
         batcher.close()
     assert ["doomed"] not in calls
+
+
+def test_batcher_shares_batches_between_a_long_and_a_short_request():
+    from service.batching import MicroBatcher
+
+    gate, calls = threading.Event(), []
+
+    def fn(items):
+        calls.append(list(items))
+        gate.wait(5)
+        return items
+
+    batcher = MicroBatcher(fn, max_items=4)
+
+    async def run():
+        first = asyncio.ensure_future(batcher.submit(["first"]))
+        await asyncio.sleep(0.05)  # "first" is running; the next two queue up behind it
+        long = asyncio.ensure_future(batcher.submit([f"long{i}" for i in range(20)]))
+        await asyncio.sleep(0.01)
+        short = asyncio.ensure_future(batcher.submit(["short"]))
+        await asyncio.sleep(0.01)
+        gate.set()
+        return await first, await long, await short
+
+    try:
+        first, long, short = asyncio.run(run())
+    finally:
+        batcher.close()
+    assert long == [f"long{i}" for i in range(20)] and short == ["short"]
+    assert "short" in calls[1]  # not behind all five batches of the long request
+    assert all(len(c) <= 4 for c in calls)
 
 
 def test_batcher_rejects_a_bad_budget():

