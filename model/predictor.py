@@ -124,6 +124,7 @@ class TorchBackend:
 
         torch.set_num_threads(threads)
         self._torch = torch
+        self.threads = threads
         self.network = StanceNetwork.from_config(folder, head_sizes)
         missing, unexpected = self.network.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
         # Some encoders keep non-persistent buffers (position ids) out of the state dict.
@@ -131,6 +132,10 @@ class TorchBackend:
         if missing or unexpected:
             raise ValueError(f"{folder}: weights do not match the architecture (missing {missing}, unexpected {unexpected})")
         self.network.eval()
+
+    def thread_init(self) -> None:
+        """Call in a thread that will run inference: torch's thread count is per calling thread."""
+        self._torch.set_num_threads(self.threads)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch

@@ -53,6 +53,7 @@ class MicroBatcher:
         self.fn = fn
         self.max_items = max_items
         self._thread_init = thread_init
+        self._pending_init: Callable[[], None] | None = None
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -73,6 +74,10 @@ class MicroBatcher:
             self._queue.append(_Job(list(items), loop, future))
             self._cond.notify()
         return await future
+
+    def run_in_worker(self, fn: Callable[[], None]) -> None:
+        """Run `fn` in the inference thread before its next batch (e.g. per-thread runtime setup)."""
+        self._pending_init = fn
 
     def close(self, timeout: float | None = 5.0) -> None:
         """Stop the inference thread once the queued work is done."""
@@ -121,6 +126,9 @@ class MicroBatcher:
             if not slices:
                 continue
             batch = [item for job, start, stop in slices for item in job.items[start:stop]]
+            init, self._pending_init = self._pending_init, None
+            if init is not None:
+                init()
             try:
                 results = self.fn(batch)
                 if len(results) != len(batch):

@@ -27,6 +27,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError  # noqa: E402
 from model import store  # noqa: E402
 from model.predictor import default_threads  # noqa: E402
 from service.batching import MicroBatcher  # noqa: E402
+from service.reload import ProductionWatcher  # noqa: E402
 from service.middleware import GuardMiddleware  # noqa: E402
 
 logger = logging.getLogger("stancewatch.service")
@@ -34,6 +35,9 @@ MAX_SENTENCES = int(os.environ.get("STANCEWATCH_MAX_SENTENCES") or 256)
 MAX_BODY_BYTES = int(os.environ.get("STANCEWATCH_MAX_BODY_BYTES") or 1_000_000)
 BATCH_ITEMS = int(os.environ.get("STANCEWATCH_BATCH_ITEMS") or 64)
 THREADS = default_threads()
+# Seconds between checks of the production pointer (0: never reload); ignored when
+# $STANCEWATCH_MODEL pins a tag.
+RELOAD_SECONDS = 0.0 if os.environ.get(store.PRODUCTION_ENV) else float(os.environ.get("STANCEWATCH_RELOAD_SECONDS") or 10)
 EXAMPLE_INPUT = {
     "sentences": ["Tokyo will not retract the prime minister's remarks on Taiwan.",
                   "Beijing demanded that Japan correct its erroneous statement."],
@@ -168,17 +172,26 @@ class StanceService:
     model_ref = bentoml.models.BentoModel(serving_tag())
 
     def __init__(self) -> None:
-        import torch
-
         from model.predictor import StanceModel
 
         self.model = StanceModel(Path(self.model_ref.path), threads=THREADS, tag=str(self.model_ref.tag))
         self.tag = self.model.tag
         self.batcher = MicroBatcher(self._run_batch, max_items=BATCH_ITEMS,
-                                    thread_init=lambda: torch.set_num_threads(self.model.threads))
+                                    thread_init=getattr(self.model.backend, "thread_init", None))
+        self.reloader = ProductionWatcher(self, RELOAD_SECONDS) if RELOAD_SECONDS > 0 else None
 
     def _run_batch(self, items: list[tuple[str, Optional[str]]]) -> list[dict]:
-        return [p.to_dict() for p in self.model.predict([s for s, _ in items], [c for _, c in items])]
+        model = self.model  # a reload swaps self.model; a batch finishes on the model it started with
+        return [p.to_dict() for p in model.predict([s for s, _ in items], [c for _, c in items])]
+
+    def swap_model(self, model) -> None:
+        """Serve `model` from the next batch on (in-flight batches finish on the old one)."""
+        old = self.model
+        self.model, self.tag = model, model.tag
+        thread_init = getattr(model.backend, "thread_init", None)
+        if thread_init is not None:
+            self.batcher.run_in_worker(thread_init)
+        logger.info("now serving %s (was %s)", model.tag, old.tag)
 
     @bentoml.api(input_spec=PredictRequest)
     async def predict(self, sentences: list[str], contexts: Optional[list[Optional[str]]] = None) -> PredictResponse:
@@ -213,7 +226,7 @@ class StanceService:
 
     def model_info(self) -> dict[str, Any]:
         """Tag, schema, base model, training-data fingerprint, metrics and creation time."""
-        info = self.model_ref.info  # the resolved stored model's info on an instance
+        info = store.get(self.tag).info if self.tag != str(self.model_ref.tag) else self.model_ref.info
         md = dict(info.metadata)
         return {"tag": self.tag, "schema": self.model.schema.to_dict(), "base_model": md.get("base_model"),
                 "data_fingerprint": md.get("data_fingerprint"), "metrics": md.get("metrics", {}),

@@ -361,3 +361,38 @@ def test_middleware_api_key():
     assert r.status_code == 401 and r.json()["detail"][0]["type"] == "invalid_api_key"
     assert client.post("/predict", content=b"{}", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert client.get("/livez").status_code == 200  # health stays open
+
+
+# ---- following production --------------------------------------------------------------------
+
+
+def test_production_change_is_served_without_dropping_requests(svc, tiny_base, tiny_csv, tiny_model):
+    from model import store
+    from service.reload import ProductionWatcher
+    from training.config import TrainConfig
+    from training.data import load_labelled
+    from training.train import train
+
+    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=1, batch_size=4, max_length=64, optimise=False)
+    new = train(load_labelled([tiny_csv]), cfg, progress=False, promote="never")
+    watcher = ProductionWatcher(svc, interval=3600)
+    old_model, old_prod = svc.model, store.production_tag()
+    try:
+        assert watcher.check_once() is (old_prod != svc.tag)  # nothing new yet
+
+        async def scenario():
+            in_flight = asyncio.create_task(svc.predict(sentences=[f"Sentence {i} about Tokyo." for i in range(300)]))
+            await asyncio.sleep(0)
+            store.promote(new.tag)
+            swapped = await asyncio.to_thread(watcher.check_once)
+            return swapped, await in_flight
+
+        swapped, result = asyncio.run(scenario())
+        assert swapped and svc.tag == new.tag
+        assert len(result.sentences) == 300  # the request that was running when production changed
+        assert asyncio.run(svc.predict(sentences=["One more."])).model == new.tag
+        assert svc.model_info()["tag"] == new.tag
+    finally:
+        watcher.stop()
+        store.promote(old_prod)
+        svc.swap_model(old_model)
