@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any, Optional
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,126 +21,31 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import bentoml  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator  # noqa: E402
-from pydantic_core import InitErrorDetails, PydanticCustomError  # noqa: E402
 
 from model import store  # noqa: E402
 from model.predictor import default_threads  # noqa: E402
 from service.batching import MicroBatcher  # noqa: E402
-from service.reload import ProductionWatcher  # noqa: E402
+from service.io import (  # noqa: E402,F401  (EXAMPLE_* and the models are part of this module's API)
+    EXAMPLE_DOCUMENT,
+    EXAMPLE_INPUT,
+    MAX_SENTENCES,
+    DocumentRequest,
+    DocumentResponse,
+    ModelInfo,
+    PredictRequest,
+    PredictResponse,
+    invalid,
+)
 from service.middleware import GuardMiddleware  # noqa: E402
+from service.reload import ProductionWatcher  # noqa: E402
 
 logger = logging.getLogger("stancewatch.service")
-MAX_SENTENCES = int(os.environ.get("STANCEWATCH_MAX_SENTENCES") or 256)
 MAX_BODY_BYTES = int(os.environ.get("STANCEWATCH_MAX_BODY_BYTES") or 1_000_000)
 BATCH_ITEMS = int(os.environ.get("STANCEWATCH_BATCH_ITEMS") or 64)
 THREADS = default_threads()
 # Seconds between checks of the production pointer (0: never reload); ignored when
 # $STANCEWATCH_MODEL pins a tag.
 RELOAD_SECONDS = 0.0 if os.environ.get(store.PRODUCTION_ENV) else float(os.environ.get("STANCEWATCH_RELOAD_SECONDS") or 10)
-EXAMPLE_INPUT = {
-    "sentences": ["Tokyo will not retract the prime minister's remarks on Taiwan.",
-                  "Beijing demanded that Japan correct its erroneous statement."],
-}
-EXAMPLE_DOCUMENT = {"id": "doc-1", "text": "Beijing demanded a retraction. Tokyo said the remarks stand."}
-
-
-def invalid(title: str, loc: tuple, kind: str, msg: str, value: Any = None) -> ValidationError:
-    """A pydantic ValidationError, which BentoML answers with 400 and the field's location."""
-    return ValidationError.from_exception_data(
-        title, [InitErrorDetails(type=PydanticCustomError(kind, msg), loc=loc, input=value)])
-
-
-def _non_blank(text: str) -> str:
-    if not text.strip():
-        raise PydanticCustomError("blank", "must not be empty or whitespace-only")
-    return text
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @classmethod
-    def model_validate_json(cls, data, **kwargs):  # BentoML parses request bodies with this
-        if isinstance(data, (bytes, bytearray)):
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise invalid(cls.__name__, ("body",), "invalid_utf8",
-                              f"request body is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})")
-        try:
-            return super().model_validate_json(data, **kwargs)
-        except ValidationError as exc:
-            errors = exc.errors()
-            if errors and errors[0]["type"] == "json_invalid":  # say where: the body
-                raise invalid(cls.__name__, ("body",), "json_invalid", errors[0]["msg"]) from None
-            raise
-
-
-class PredictRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_INPUT})
-    sentences: list[Annotated[str, AfterValidator(_non_blank)]] = Field(
-        min_length=1, max_length=MAX_SENTENCES, description=f"1 to {MAX_SENTENCES} sentences")
-    contexts: Optional[list[Optional[str]]] = Field(
-        None, description="The sentence before each sentence (same length as `sentences`); null for none")
-
-    @field_validator("contexts")
-    @classmethod
-    def _same_length(cls, v, info):
-        n = len(info.data.get("sentences") or [])
-        if v is not None and "sentences" in info.data and len(v) != n:
-            raise PydanticCustomError("length_mismatch", "got {got} contexts for {n} sentences", {"got": len(v), "n": n})
-        return v
-
-
-class DocumentRequest(_Request):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_DOCUMENT})
-    text: Annotated[str, AfterValidator(_non_blank)] = Field(description="The document (UTF-8, at most the body limit)")
-    id: Optional[str] = Field(None, description="Echoed back in the response")
-
-
-class Stance(BaseModel):
-    label: str
-    probs: dict[str, float]
-
-
-class SentenceResult(BaseModel):
-    text: str
-    truncated: bool
-    stances: dict[str, Stance]
-
-
-class PredictResponse(BaseModel):
-    model: str
-    sentences: list[SentenceResult]
-
-
-class DocumentSentence(SentenceResult):
-    index: int
-    start: int
-    end: int
-
-
-class TargetSummary(BaseModel):
-    counts: dict[str, int]
-    shares: dict[str, float]
-    mean_probs: dict[str, float]
-
-
-class DocumentResponse(BaseModel):
-    model: str
-    id: Optional[str] = None
-    sentences: list[DocumentSentence]
-    summary: dict[str, TargetSummary]
-
-
-class ModelInfo(BaseModel):
-    tag: str
-    schema_: dict[str, Any] = Field(alias="schema")
-    base_model: Optional[str] = None
-    data_fingerprint: Optional[str] = None
-    metrics: dict[str, Any] = {}
-    created_at: str
 
 
 def serving_tag() -> str:
