@@ -414,9 +414,11 @@ def score(
     id_field: str = typer.Option("id", "--id-field"),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run from its checkpoint."),
     doc_summary: Optional[Path] = typer.Option(None, "--doc-summary", help="Also write per-document label shares here."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Records per checkpoint (default 256 documents / 4096 sentences)."),
+    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Records per checkpoint (default 256 documents / 4096 sentences); with --engine ray, records per Ray round (default 16384)."),
     max_member_mb: float = typer.Option(200, "--max-member-mb", help="Uncompressed size limit per archive member (MB)."),
-    engine: str = typer.Option("local", "--engine", help="local (ray is not available yet)."),
+    engine: str = typer.Option("local", "--engine", help="local: this process | ray: Ray Data (local Ray or --ray-address)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: ray://host:10001, auto, or none for a local Ray."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", help="With --engine ray: model replicas (default: CPUs - 1)."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score archives of articles (or sentences) into a flat table, resumably."""
@@ -428,8 +430,14 @@ def score(
     from scoring.readers import InputError, check_inputs, count_items
     from scoring.writer import OutputError, output_format
 
-    if engine != "local":
-        _fail(f"--engine {engine!r} is not available; use local", 2)
+    if engine not in ("local", "ray"):
+        _fail(f"--engine must be local or ray, got {engine!r}", 2)
+    if engine == "local" and (ray_address or ray_actors):
+        _fail("--ray-address and --ray-actors need --engine ray", 2)
+    if engine == "ray" and resume:
+        _fail("--resume is not supported with --engine ray; rerun the job", 2)
+    if ray_actors is not None and ray_actors < 1:
+        _fail("--ray-actors must be at least 1", 2)
     if unit not in UNITS:
         _fail(f"--unit must be one of {', '.join(UNITS)}, got {unit!r}", 2)
     try:
@@ -456,10 +464,22 @@ def score(
                             f"{seen['rejected']} rejected", refresh=False)
 
     try:
-        result = run_score(list(inputs), out, m, unit=unit, text_field=text_field, id_field=id_field, resume=resume,
-                           chunk_size=chunk_size, doc_summary=doc_summary,
-                           max_member_bytes=int(max_member_mb * 1024 * 1024), on_start=on_start,
-                           on_chunk=on_chunk)
+        if engine == "ray":
+            from scoring.ray_engine import RayEngineError, score_ray
+
+            try:
+                result = score_ray(list(inputs), out, m.folder, unit=unit, text_field=text_field, id_field=id_field,
+                                   doc_summary=doc_summary, max_member_bytes=int(max_member_mb * 1024 * 1024),
+                                   tag=m.tag, ray_address=ray_address, num_actors=ray_actors, window=chunk_size,
+                                   on_start=on_start, on_chunk=on_chunk)
+            except RayEngineError as exc:
+                bar.close()
+                _fail(str(exc), 1)
+        else:
+            result = run_score(list(inputs), out, m, unit=unit, text_field=text_field, id_field=id_field,
+                               resume=resume, chunk_size=chunk_size, doc_summary=doc_summary,
+                               max_member_bytes=int(max_member_mb * 1024 * 1024), on_start=on_start,
+                               on_chunk=on_chunk)
     except (InputError, OutputError, ValueError) as exc:
         bar.close()
         _fail(str(exc), 2)
