@@ -29,7 +29,8 @@ class ProductionWatcher:
         from model.predictor import StanceModel
 
         try:
-            model = StanceModel(Path(store.get(tag).path), threads=self.service.model.threads, tag=tag)
+            model = StanceModel(Path(store.get(tag).path), backend=self.service.backend_choice,
+                                threads=self.service.model.threads, tag=tag)
         except Exception:  # keep serving the current model; try again next time
             logger.exception("could not load new production version %s", tag)
             return False

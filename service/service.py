@@ -43,6 +43,7 @@ logger = logging.getLogger("stancewatch.service")
 MAX_BODY_BYTES = int(os.environ.get("STANCEWATCH_MAX_BODY_BYTES") or 1_000_000)
 BATCH_ITEMS = int(os.environ.get("STANCEWATCH_BATCH_ITEMS") or 64)
 THREADS = default_threads()
+BACKEND = os.environ.get("STANCEWATCH_BACKEND") or "auto"  # auto | torch | openvino
 # Seconds between checks of the production pointer (0: never reload); ignored when
 # $STANCEWATCH_MODEL pins a tag.
 RELOAD_SECONDS = 0.0 if os.environ.get(store.PRODUCTION_ENV) else float(os.environ.get("STANCEWATCH_RELOAD_SECONDS") or 10)
@@ -79,7 +80,8 @@ class StanceService:
     def __init__(self) -> None:
         from model.predictor import StanceModel
 
-        self.model = StanceModel(Path(self.model_ref.path), threads=THREADS, tag=str(self.model_ref.tag))
+        self.backend_choice = BACKEND
+        self.model = StanceModel(Path(self.model_ref.path), backend=BACKEND, threads=THREADS, tag=str(self.model_ref.tag))
         self.tag = self.model.tag
         self.batcher = MicroBatcher(self._run_batch, max_items=BATCH_ITEMS,
                                     thread_init=getattr(self.model.backend, "thread_init", None))

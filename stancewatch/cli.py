@@ -23,6 +23,7 @@ labels_app = typer.Typer(help="Labelled data.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(labels_app, name="labels")
 console = Console(soft_wrap=True)
+BACKEND_HELP = "auto (the precision chosen at training: OpenVINO int8/bf16, else torch) | torch | openvino."
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -163,6 +164,7 @@ def _merge_with_production(paths: list[Path], schema_file: Optional[Path], drop_
 def evaluate(
     data: list[Path] = typer.Option(..., "--data", help="Labelled file(s) to evaluate on."),
     model: Optional[str] = typer.Option(None, "--model", help="Tag or artefact folder (default: production)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Write report.json/.md and PNGs here."),
 ) -> None:
     """Evaluate a model version on any labelled file (with the model's own schema)."""
@@ -172,7 +174,7 @@ def evaluate(
     from model.predictor import StanceModel
     from training.evaluate import evaluate_predictions, write_report
 
-    m = _load_model(model)
+    m = _load_model(model, backend)
     try:
         labelled = load_labelled(data, schema=m.schema)
     except DataValidationError as exc:
@@ -189,13 +191,15 @@ def evaluate(
         console.print(f"report written to {out}", highlight=False)
 
 
-def _load_model(ref: Optional[str]):
-    from model.predictor import StanceModel
+def _load_model(ref: Optional[str], backend: str = "auto"):
+    from model.predictor import BACKENDS, StanceModel
     from model.store import ModelNotFound
 
+    if backend not in BACKENDS:
+        _fail(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}", 2)
     try:
-        return StanceModel.load(ref)
-    except ModelNotFound as exc:
+        return StanceModel.load(ref, backend=backend)
+    except (ModelNotFound, FileNotFoundError) as exc:
         _fail(str(exc), 1)
 
 
@@ -204,6 +208,7 @@ def predict(
     sentences: Optional[list[str]] = typer.Argument(None, help="Sentences to classify."),
     document: Optional[Path] = typer.Option(None, "--document", help="A text file: split into sentences, each read with the one before."),
     model: Optional[str] = typer.Option(None, "--model", help="Tag or artefact folder (default: production)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify sentences (or a whole document) and print a table."""
@@ -222,7 +227,7 @@ def predict(
         contexts += with_context(parts)
     if any(not t.strip() for t in texts):
         _fail("empty sentence given", 2)
-    m = _load_model(model)
+    m = _load_model(model, backend)
     preds = m.predict(texts, contexts)
     if as_json:
         print(json.dumps({"model": m.tag, "sentences": [p.to_dict() for p in preds]}, ensure_ascii=False, indent=2))
@@ -270,6 +275,7 @@ def suggest(
     n: int = typer.Option(200, "--n", help="How many sentences to pick."),
     out: Path = typer.Option(Path("to_label.csv"), "--out"),
     model: Optional[str] = typer.Option(None, "--model", help="Tag (default: production)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     strategy: str = typer.Option("margin", "--strategy", help="margin | entropy"),
     per_doc: int = typer.Option(3, "--per-doc", help="At most this many sentences from one document."),
     max_sentences: int = typer.Option(50_000, "--max-sentences", help="Consider at most this many sentences."),
@@ -282,7 +288,7 @@ def suggest(
 
     if strategy not in STRATEGIES:
         _fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}", 2)
-    m = _load_model(model)
+    m = _load_model(model, backend)
     opts = ReadOptions(text_field=text_field, id_field=id_field)
     try:
         docs = ((item.doc_id, item.text) for item in iter_items(list(inputs), opts) if isinstance(item, Record))
@@ -392,11 +398,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(3000, "--port"),
     model: Optional[str] = typer.Option(None, "--model", help="Tag to serve (default: production, else latest)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Serve the HTTP API with BentoML."""
     import subprocess
 
     env = dict(os.environ)
+    env["STANCEWATCH_BACKEND"] = backend
     if model:
         env["STANCEWATCH_MODEL"] = model
     root = Path(__file__).resolve().parent.parent
@@ -409,6 +417,7 @@ def score(
     inputs: list[Path] = typer.Argument(..., help="JSONL[.gz|.zst], CSV, Parquet, .txt/.md, folders, .zip/.tar/.tar.gz."),
     out: Path = typer.Option(..., "--out", help="Output file; .parquet, .jsonl or .csv chooses the format."),
     model: Optional[str] = typer.Option(None, "--model", help="Tag or artefact folder (default: production)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     unit: str = typer.Option("document", "--unit", help="document: split into sentences | sentence: one per record."),
     text_field: str = typer.Option("text", "--text-field"),
     id_field: str = typer.Option("id", "--id-field"),
@@ -447,7 +456,7 @@ def score(
             output_format(doc_summary)
     except (InputError, OutputError) as exc:
         _fail(str(exc), 2)
-    m = _load_model(model)
+    m = _load_model(model, backend)
     bar = tqdm(total=count_items(list(inputs)) if progress else None, unit="doc", dynamic_ncols=True,
                disable=not progress, file=sys.stderr, smoothing=0.1)
     started = time.perf_counter()
@@ -470,7 +479,8 @@ def score(
             try:
                 result = score_ray(list(inputs), out, m.folder, unit=unit, text_field=text_field, id_field=id_field,
                                    doc_summary=doc_summary, max_member_bytes=int(max_member_mb * 1024 * 1024),
-                                   tag=m.tag, ray_address=ray_address, num_actors=ray_actors, window=chunk_size,
+                                   tag=m.tag, backend=backend, ray_address=ray_address, num_actors=ray_actors,
+                                   window=chunk_size,
                                    on_start=on_start, on_chunk=on_chunk)
             except RayEngineError as exc:
                 bar.close()
