@@ -16,6 +16,7 @@ import argparse
 import csv
 import os
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,49 @@ def timed(fn, sentences) -> float:
     return len(sentences) / (time.perf_counter() - start)
 
 
+STARTUP_CODE = """
+import json, re, sys, time
+t0 = time.perf_counter()
+from model.predictor import StanceModel
+t1 = time.perf_counter()
+m = StanceModel(sys.argv[1], backend=sys.argv[2])
+t2 = time.perf_counter()
+m.predict(["Tokyo said its position on Taiwan had not changed."])
+t3 = time.perf_counter()
+hwm = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) / 1024
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 - t2,
+                  "torch_imported": "torch" in sys.modules, "transformers_imported": "transformers" in sys.modules,
+                  "peak_rss_mb": hwm}))
+"""
+
+
+def startup(folder: Path, backend: str) -> dict:
+    """Import, load and first-prediction time and peak RSS of a fresh process using `backend`."""
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", STARTUP_CODE, str(folder), backend], capture_output=True,
+                         text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process (not the high-water mark, which earlier phases set)."""
+    with open("/proc/self/status") as fh:
+        return int(re.search(r"VmRSS:\s+(\d+)", fh.read()).group(1)) / 1024
+
+
+def shape_churn_rss(model, sentences: list[str], marks=(50, 200, 400, 600), seed: int = 1) -> list[float]:
+    """Resident memory (MB) after each mark of a run of batches with random sizes (1-64) and lengths."""
+    rng = random.Random(seed)
+    out = []
+    for r in range(max(marks)):
+        model.predict_arrays(rng.sample(sentences, rng.randint(1, 64)))
+        if r + 1 in marks:
+            out.append(rss_mb())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="tag or artefact folder (default: production, else latest)")
@@ -95,6 +139,13 @@ def main() -> None:
     tok = BertTokenizerFast(tokenizer_file=str(fast.folder / "tokenizer.json"))
     pipe = pipeline("text-classification", model=clf, tokenizer=tok, device=-1, truncation=True, max_length=fast.max_length)
 
+    plain = None
+    if fast.backend.name == "openvino":  # the usual recipe: one two-thread stream, fixed batches of 32
+        from model.runtime import OpenVINOBackend
+
+        plain = StanceModel(fast.folder, backend="torch", threads=args.threads)
+        plain.backend = OpenVINOBackend(fast.folder, fast.backend.precision, args.threads, streams=1)
+        plain.max_batch, plain.max_tokens, plain.pad_step = 32, 10**9, 1
     workloads = build_workloads(fast.encoder.tokenizer, args.n)
     print(f"model {fast.tag}: optimised backend {fast.backend.name} "
           f"{getattr(fast.backend, 'precision', 'fp32')}; threads {args.threads}; torch {torch.__version__}")
@@ -108,12 +159,26 @@ def main() -> None:
             rows.append(("pipeline, one at a time", timed(lambda xs: [pipe(x) for x in xs], sentences[: args.naive_n])))
             rows.append(("pipeline, batch_size=32", timed(lambda xs: pipe(xs, batch_size=32), sentences)))
         rows.append(("ours, torch fp32 (sorted batches)", timed(lambda xs: ref.predict_arrays(xs), sentences)))
+        if plain is not None:
+            rows.append((f"plain OpenVINO {fast.backend.precision}, sorted batches of 32",
+                         timed(lambda xs: plain.predict_arrays(xs), sentences)))
         label = f"ours, {fast.backend.name} {getattr(fast.backend, 'precision', 'fp32')} (default path)"
         rows.append((label, timed(lambda xs: fast.predict_arrays(xs), sentences)))
         naive = rows[0][1]
         print(f"{'variant':45s} {'sent/s':>8s} {'x naive':>8s} {'% int8 roofline':>16s}")
         for label, rate in rows:
             print(f"{label:45s} {rate:8.1f} {rate / naive:8.2f} {100 * rate * gflop / INT8_PEAK_GOPS:15.1f}%")
+        if name == "long":
+            marks = shape_churn_rss(fast, sentences)
+            print(f"resident memory during 600 batches of random shapes ({fast.backend.name}): "
+                  + ", ".join(f"{m:.0f} MB" for m in marks) + " (after 50, 200, 400, 600)")
+
+    print("\nfresh process: import, load, first prediction, peak RSS")
+    for backend in ("torch", fast.backend.name):
+        r = startup(fast.folder, backend)
+        print(f"  {backend:9s} import {r['import_s']:.2f} s, load {r['load_s']:.2f} s, first predict "
+              f"{r['first_predict_s']:.3f} s, peak RSS {r['peak_rss_mb']:.0f} MB, torch imported: {r['torch_imported']}, "
+              f"transformers imported: {r['transformers_imported']}")
 
 
 if __name__ == "__main__":

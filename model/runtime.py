@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 OV_DIR = "openvino"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pool_mask")
-LENGTH_STEP = 8  # pad sequence lengths to a multiple of this: a bounded set of shapes
+LENGTH_STEP = 8  # pad sequence lengths to a multiple of this: fewer distinct shapes
+RUNTIME_CACHE_CAPACITY = int(os.environ.get("STANCEWATCH_OV_SHAPE_CACHE") or 200)
 
 
 class OpenVINOBackend:
@@ -48,6 +50,10 @@ class OpenVINOBackend:
             "NUM_STREAMS": int(streams),
             "PERFORMANCE_HINT": "THROUGHPUT",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            # Kernels are cached per input shape; unbounded, memory grows with every new
+            # (batch, length) pair (measured: 600 -> 1,719 MB over 600 random batches). 200
+            # entries kept it flat at ~900 MB with no measurable slowdown.
+            "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY,
         }
         self.compiled = core.compile_model(core.read_model(xml), "CPU", config)
         self.queue = ov.AsyncInferQueue(self.compiled, streams)
@@ -105,7 +111,7 @@ def quantize_int8(folder: Path, calibration_batches: list[dict[str, np.ndarray]]
         nncf.Dataset(calibration_batches),
         model_type=nncf.ModelType.TRANSFORMER,
         preset=nncf.QuantizationPreset.MIXED,
-        subset_size=sum(len(b["input_ids"]) for b in calibration_batches),
+        subset_size=len(calibration_batches),  # items are batches of sentences
     )
     path = Path(folder) / OV_DIR / "model_int8.xml"
     ov.save_model(quantized, path, compress_to_fp16=False)
