@@ -58,6 +58,7 @@ def pick_sentences(model, n: int, tokens: int = 30) -> list[str]:
 
 def start_server(tag: str, port: int, threads: int) -> subprocess.Popen:
     env = {**os.environ, "STANCEWATCH_MODEL": tag, "STANCEWATCH_THREADS": str(threads)}
+    env.setdefault("STANCEWATCH_WORKERS", "1")
     cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:StanceService",
            "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -167,15 +168,17 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=256, help="distinct ~30-token sentences used")
     ap.add_argument("--threads", type=int, default=default_threads(), help="torch threads, server and in-process")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--backend", default="auto", help="auto | torch | openvino, server and in-process")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
     tag = str(store.resolve(args.model).tag)
-    model = StanceModel.load(tag, threads=args.threads)
+    os.environ["STANCEWATCH_BACKEND"] = args.backend  # the server inherits it
+    model = StanceModel.load(tag, threads=args.threads, backend=args.backend)
     sentences = pick_sentences(model, args.sentences)
     tokens = [len(e) for e in model.encoder.encode(sentences)]
     print(f"model {tag}; {len(sentences)} sentences, mean {statistics.mean(tokens):.1f} tokens; "
-          f"{args.threads} torch threads; {os.cpu_count()} CPUs", flush=True)
+          f"backend {model.backend.name}; {args.threads} threads; {os.cpu_count()} CPUs", flush=True)
 
     # In-process runs before and after the server; the ratio uses the faster (conservative on a shared box).
     before = in_process(model, sentences)

@@ -206,6 +206,12 @@ class StanceModel:
             return out
         plan = plan_batches([len(e) for e in encoded], self.max_tokens, self.max_batch)
         run_many = getattr(self.backend, "run_many", None)
+        streams = getattr(self.backend, "streams", 1)
+        while run_many and len(plan) < streams and max(len(b) for b in plan) > 1:
+            # Fewer batches than parallel streams (small requests): split the largest so every core works.
+            big = max(plan, key=len)
+            plan.remove(big)
+            plan += [big[: len(big) // 2], big[len(big) // 2 :]]
         for start in range(0, len(plan), 32):  # bounded number of padded batches held at once
             chunk = plan[start : start + 32]
             batches = [self._collate([encoded[i] for i in idx]) for idx in chunk]

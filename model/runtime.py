@@ -56,6 +56,7 @@ class OpenVINOBackend:
             "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY,
         }
         self.compiled = core.compile_model(core.read_model(xml), "CPU", config)
+        self.streams = streams
         self.queue = ov.AsyncInferQueue(self.compiled, streams)
         self.request = self.compiled.create_infer_request()
         self.length_step = LENGTH_STEP

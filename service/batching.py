@@ -2,7 +2,7 @@
 
 Concurrent requests put their items in one queue; a single inference thread takes everything
 queued (up to `max_items`, shared fairly between requests) as one batch, runs it, and hands each
-request its slice of the results. Nothing waits on a timer: a lone request runs at once, and requests that arrive while a
+request its slice of the results. A lone request runs at once; requests that arrive while a
 batch is running form the next batch. A request larger than `max_items` is split across batches
 instead of being rejected. Works from any asyncio event loop (one per test is fine).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import deque
 from typing import Any, Callable, Sequence
 
@@ -47,13 +48,16 @@ class MicroBatcher:
     """Runs `fn(items) -> results` (same length, same order) on merged batches in one thread."""
 
     def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], max_items: int = 64,
-                 thread_init: Callable[[], None] | None = None, name: str = "micro-batcher"):
+                 thread_init: Callable[[], None] | None = None, name: str = "micro-batcher",
+                 gather_ms: float = 0.0):
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         self.fn = fn
         self.max_items = max_items
         self._thread_init = thread_init
         self._pending_init: Callable[[], None] | None = None
+        self.gather_s = gather_ms / 1000.0
+        self._busy = False  # the last batch merged several requests
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -97,6 +101,16 @@ class MicroBatcher:
                 self._cond.wait()
             if not self._queue:
                 return None
+            if self.gather_s and self._busy and self._queued_items() < self.max_items:
+                # Under load (the last batch held several requests), clients whose answers just went
+                # out are about to send again: a short wait fills the batch, and a fuller batch is
+                # cheaper per sentence. An idle server (single requests) never waits.
+                deadline = time.monotonic() + self.gather_s
+                while self._queued_items() < self.max_items and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
             taken: dict[int, list] = {}
             budget = self.max_items
             while budget and self._queue:
@@ -114,7 +128,11 @@ class MicroBatcher:
                     budget -= n
                     if job.next == len(job.items):
                         self._queue.remove(job)
+            self._busy = len(taken) > 1
             return [tuple(entry) for entry in taken.values()]
+
+    def _queued_items(self) -> int:
+        return sum(len(job.items) - job.next for job in self._queue)
 
     def _run(self) -> None:
         if self._thread_init is not None:

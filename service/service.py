@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,8 +43,13 @@ from service.reload import ProductionWatcher  # noqa: E402
 logger = logging.getLogger("stancewatch.service")
 MAX_BODY_BYTES = int(os.environ.get("STANCEWATCH_MAX_BODY_BYTES") or 1_000_000)
 BATCH_ITEMS = int(os.environ.get("STANCEWATCH_BATCH_ITEMS") or 64)
-THREADS = default_threads()
+# Worker processes: each parses HTTP in its own interpreter (one Python process tops out at a few
+# hundred requests/s) and holds its own copy of the model; inference threads are split between them.
+WORKERS = max(1, int(os.environ.get("STANCEWATCH_WORKERS") or 1))
+THREADS = max(1, default_threads() // WORKERS) if not os.environ.get("STANCEWATCH_THREADS") else default_threads()
 BACKEND = os.environ.get("STANCEWATCH_BACKEND") or "auto"  # auto | torch | openvino
+GATHER_MS = float(os.environ.get("STANCEWATCH_GATHER_MS") or 2.0)  # see MicroBatcher
+SWITCH_INTERVAL_S = float(os.environ.get("STANCEWATCH_SWITCH_INTERVAL_S") or 0.0005)
 # Seconds between checks of the production pointer (0: never reload); ignored when
 # $STANCEWATCH_MODEL pins a tag.
 RELOAD_SECONDS = 0.0 if os.environ.get(store.PRODUCTION_ENV) else float(os.environ.get("STANCEWATCH_RELOAD_SECONDS") or 10)
@@ -71,7 +77,7 @@ def get_model_info() -> dict:
 
 
 @bentoml.asgi_app(info_app, path="/")
-@bentoml.service(name="stancewatch", workers=1, resources={"cpu": str(THREADS)}, traffic={"timeout": 600})
+@bentoml.service(name="stancewatch", workers=WORKERS, resources={"cpu": str(THREADS * WORKERS)}, traffic={"timeout": 600})
 class StanceService:
     """Sentence-level stance classification: every sentence gets a label and probabilities per target."""
 
@@ -80,10 +86,14 @@ class StanceService:
     def __init__(self) -> None:
         from model.predictor import StanceModel
 
+        # The event loop and the inference thread share the GIL; with the default 5 ms switch
+        # interval the inference thread waits behind request parsing (a GIL convoy) and the cores idle.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+
         self.backend_choice = BACKEND
         self.model = StanceModel(Path(self.model_ref.path), backend=BACKEND, threads=THREADS, tag=str(self.model_ref.tag))
         self.tag = self.model.tag
-        self.batcher = MicroBatcher(self._run_batch, max_items=BATCH_ITEMS,
+        self.batcher = MicroBatcher(self._run_batch, max_items=BATCH_ITEMS, gather_ms=GATHER_MS,
                                     thread_init=getattr(self.model.backend, "thread_init", None))
         self.reloader = ProductionWatcher(self, RELOAD_SECONDS) if RELOAD_SECONDS > 0 else None
 

@@ -396,3 +396,32 @@ def test_production_change_is_served_without_dropping_requests(svc, tiny_base, t
         watcher.stop()
         store.promote(old_prod)
         svc.swap_model(old_model)
+
+
+def test_batcher_waits_briefly_to_fill_batches_only_under_load():
+    from service.batching import MicroBatcher
+
+    seen = []
+
+    def fn(items):
+        seen.append(list(items))
+        return items
+
+    batcher = MicroBatcher(fn, max_items=8, gather_ms=200)
+
+    async def staggered():
+        async def late(i):
+            await asyncio.sleep(0.02 * i)
+            return await batcher.submit([i])
+        return await asyncio.gather(*(late(i) for i in range(4)))
+
+    try:
+        t0 = time.perf_counter()
+        assert asyncio.run(batcher.submit(["alone"])) == ["alone"]
+        assert time.perf_counter() - t0 < 0.15  # idle: a lone request never waits for company
+        assert asyncio.run(batcher.submit([1, 2])) == [1, 2]
+        batcher._busy = True  # as after a batch that merged several requests
+        assert asyncio.run(staggered()) == [[0], [1], [2], [3]]
+    finally:
+        batcher.close()
+    assert seen[-1] == [0, 1, 2, 3]  # requests 20-60 ms apart joined one batch
