@@ -13,7 +13,6 @@ scoring processes that use it never import torch or transformers.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path

@@ -183,6 +183,18 @@ def doc_table(model, chunk: Chunk, label_ids: list[np.ndarray], schema: pa.Schem
     return pa.Table.from_pydict(cols, schema=schema)
 
 
+def check_job(inputs, out, unit: str, doc_summary: Path | None) -> tuple[list[Path], Path]:
+    """Fail early on a bad unit, a missing input or an unusable output (shared by both engines)."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    inputs = [Path(p) for p in inputs]
+    check_inputs(inputs)
+    output_format(Path(out))
+    if doc_summary is not None:
+        output_format(doc_summary)
+    return inputs, Path(out)
+
+
 def score(
     inputs: list[Path],
     out: Path,
@@ -199,14 +211,7 @@ def score(
     on_chunk: Callable[[ChunkDone], None] | None = None,
 ) -> ScoreResult:
     """Score every record of `inputs` with `model` into `out`; with `resume`, finish an interrupted run."""
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
-    inputs = [Path(p) for p in inputs]
-    out = Path(out)
-    check_inputs(inputs)
-    output_format(out)
-    if doc_summary is not None:
-        output_format(doc_summary)
+    inputs, out = check_job(inputs, out, unit, doc_summary)
     chunk_size = int(chunk_size or DEFAULT_CHUNK[unit])
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")

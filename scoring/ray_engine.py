@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scoring.pipeline import UNITS, Chunk, ChunkDone, ScoreResult, predict_table, prepare
-from scoring.readers import DEFAULT_MAX_MEMBER_BYTES, ReadOptions, Record, Reject, check_inputs, iter_items
+from scoring.pipeline import Chunk, ChunkDone, ScoreResult, check_job, predict_table, prepare
+from scoring.readers import DEFAULT_MAX_MEMBER_BYTES, ReadOptions, Record, Reject, iter_items
 from scoring.writer import OutputError, doc_schema, output_format, sentence_schema
 
 DEFAULT_WINDOW = 16384  # input items per Ray round (bounds driver and object-store memory)
@@ -313,16 +313,9 @@ def score_ray(
     parts with `write_parquet` (the parts folder must be reachable by the workers: local Ray or shared
     storage), "driver" streams the scored blocks back to the driver, "auto" picks "ray" for a local Ray.
     """
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
     if write not in WRITE_MODES:
         raise ValueError(f"write must be one of {', '.join(WRITE_MODES)}, got {write!r}")
-    inputs = [Path(p) for p in inputs]
-    out = Path(out)
-    check_inputs(inputs)
-    output_format(out)
-    if doc_summary is not None:
-        output_format(doc_summary)
+    inputs, out = check_job(inputs, out, unit, doc_summary)
     window = int(window or DEFAULT_WINDOW)
     if window < 1:
         raise ValueError("window must be at least 1")
