@@ -11,6 +11,7 @@ import math
 import random
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -178,7 +179,9 @@ def fit(
     rng = random.Random(cfg.seed)
     best_state, best_score, best_epoch, bad_epochs, step = None, -1.0, 0, 0, 0
     history = []
-    bar = tqdm(total=total, desc="training", unit="step", disable=not progress, dynamic_ncols=True)
+    # Redraw at most every 10 s when the output is a log file rather than a terminal.
+    bar = tqdm(total=total, desc="training", unit="step", disable=not progress, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 10.0)
     for epoch in range(1, cfg.epochs + 1):
         network.train()
         order = list(range(len(train_ex)))
