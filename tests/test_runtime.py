@@ -72,6 +72,7 @@ def test_failed_validation_falls_back(optimised, monkeypatch, tmp_path):
 def test_openvino_process_never_imports_torch(optimised):
     code = (
         "import sys; from model.predictor import StanceModel; "
+        "import stancewatch.cli, scoring.pipeline, scoring.readers, scoring.writer, service.io, service.batching, model.store; "
         f"m = StanceModel({str(optimised.folder)!r}, backend='openvino', precision='int8'); "
         "m.predict(['A sentence.']); "
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
