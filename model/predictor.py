@@ -68,6 +68,16 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def split_softmax(logits: np.ndarray, head_sizes: Sequence[int], temperatures: Sequence[float] | None = None) -> list[np.ndarray]:
+    """Per-head probabilities from the concatenated logits of all heads, each head at its temperature."""
+    probs, start = [], 0
+    for i, size in enumerate(head_sizes):
+        temp = 1.0 if temperatures is None else float(temperatures[i])
+        probs.append(softmax(logits[:, start : start + size] / temp))
+        start += size
+    return probs
+
+
 # ---- writing an artefact --------------------------------------------------------------------
 
 
@@ -228,13 +238,7 @@ class StanceModel:
 
     def probabilities(self, logits: np.ndarray, calibrated: bool = True) -> list[np.ndarray]:
         """Split logits per target and turn them into (optionally temperature-scaled) probabilities."""
-        probs = []
-        start = 0
-        temps = self.temperatures if calibrated else np.ones(len(self.head_sizes))
-        for size, temp in zip(self.head_sizes, temps):
-            probs.append(softmax(logits[:, start : start + size] / temp))
-            start += size
-        return probs
+        return split_softmax(logits, self.head_sizes, self.temperatures if calibrated else None)
 
     def predict_arrays(
         self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None

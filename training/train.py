@@ -122,14 +122,11 @@ def predict_logits(network, encoder: InputEncoder, encoded) -> np.ndarray:
 
 
 def split_probs(logits: np.ndarray, schema: Schema, temperatures: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    from model.predictor import softmax
+    from model.predictor import split_softmax
 
-    out, start = {}, 0
-    for t in schema.targets:
-        n = len(t.labels)
-        out[t.name] = softmax(logits[:, start : start + n] / (temperatures or {}).get(t.name, 1.0))
-        start += n
-    return out
+    temps = [(temperatures or {}).get(t.name, 1.0) for t in schema.targets]
+    probs = split_softmax(logits, [len(t.labels) for t in schema.targets], temps)
+    return dict(zip(schema.target_names, probs))
 
 
 def gold_lists(examples: Sequence[Example], schema: Schema) -> dict[str, list[str | None]]:
