@@ -103,3 +103,26 @@ def test_promotion_gate_and_rollback(tiny_base, tiny_csv, tiny_model):
 def test_unknown_tag_is_a_clear_error():
     with pytest.raises(store.ModelNotFound, match="no model 'stancewatch:doesnotexist'"):
         StanceModel.load("doesnotexist")
+
+
+def test_weight_averaging_keeps_an_average_of_the_trajectory(tiny_base, tiny_csv):
+    import torch
+
+    from model.network import StanceNetwork
+
+    data = load_labelled([tiny_csv])
+    ex = data.examples
+    kw = dict(base_model=str(tiny_base), epochs=1, max_steps=6, batch_size=4, max_length=64, learning_rate=0.05)
+    plain = fit(ex, ex, data.schema, TrainConfig(**kw), progress=False).network
+    averaged = fit(ex, ex, data.schema, TrainConfig(**kw, ema_decay=0.9), progress=False).network
+    start = StanceNetwork.from_base(str(tiny_base), [len(t.labels) for t in data.schema.targets], 0.1)
+
+    def distance(a, b):
+        sa, sb = a.encoder.state_dict(), b.encoder.state_dict()
+        return sum(float(torch.linalg.vector_norm(sa[k] - sb[k])) for k in sa if sa[k].is_floating_point())
+
+    # Same seed, same steps: the averaged weights sit between the start and the last step's weights.
+    assert distance(averaged, plain) > 0
+    assert distance(averaged, start) < distance(plain, start)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)

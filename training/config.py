@@ -27,6 +27,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_length: int = 128  # tokens per input (sentence + context + special tokens)
     dropout: float = 0.1
+    ema_decay: float = 0.0  # >0: evaluate and keep an exponential moving average of the weights
     class_weighting: bool = False  # weight each target's loss by inverse label frequency
     dev_fraction: float = 0.15  # used only when no dev file is given
     patience: int = 3  # epochs without dev F_avg improvement before stopping
@@ -50,6 +51,8 @@ class TrainConfig:
             problems.append("warmup_ratio must be in [0, 1)")
         if not 0 < self.dev_fraction < 1:
             problems.append("dev_fraction must be in (0, 1)")
+        if not 0 <= self.ema_decay < 1:
+            problems.append("ema_decay must be in [0, 1)")
         if not 0 <= self.dropout < 1:
             problems.append("dropout must be in [0, 1)")
         if self.max_length < 16:

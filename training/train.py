@@ -148,6 +148,8 @@ def fit(
     _seed_everything(cfg.seed)
     workdir = Path(tempfile.mkdtemp(prefix="stancewatch-tok-"))
     tok_json = tokenizer_json_for(cfg.base_path, workdir)
+    if tok_json.parent != workdir:  # the base ships tokenizer.json: nothing to keep here
+        shutil.rmtree(workdir, ignore_errors=True)
     encoder = InputEncoder.from_folder(tok_json.parent, cfg.max_length) if tok_json.name == "tokenizer.json" else None
     train_enc = encoder.encode([e.text for e in train_ex], [e.context or None for e in train_ex])
     dev_enc = encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex])
@@ -174,6 +176,9 @@ def fit(
         optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
     )
     rng = random.Random(cfg.seed)
+    # Exponential moving average of the weights (cfg.ema_decay > 0): dev scores, early stopping and the
+    # kept weights all use the average, which is smoother than the last step's weights on small data.
+    ema = {k: v.detach().clone() for k, v in network.state_dict().items()} if cfg.ema_decay else None
     best_state, best_score, best_epoch, bad_epochs, step = None, -1.0, 0, 0, 0
     history = []
     # Redraw at most every 10 s when the output is a log file rather than a terminal.
@@ -210,10 +215,21 @@ def fit(
             torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short memory early on
+                with torch.no_grad():
+                    for k, v in network.state_dict().items():
+                        if v.is_floating_point():
+                            ema[k].lerp_(v, 1.0 - decay)
+                        else:
+                            ema[k].copy_(v)
             step += 1
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.4f}")
+        if ema is not None:
+            live = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            network.load_state_dict(ema)
         dev_probs = split_probs(predict_logits(network, encoder, dev_enc), schema)
         report = evaluate_predictions(schema, gold_lists(dev_ex, schema), dev_probs)
         score = report["mean_f_avg"]
@@ -226,8 +242,10 @@ def fit(
             best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
         else:
             bad_epochs += 1
-            if bad_epochs >= cfg.patience:
-                break
+        if ema is not None:
+            network.load_state_dict(live)
+        if bad_epochs >= cfg.patience:
+            break
         if cfg.max_steps and step >= cfg.max_steps:
             break
     bar.close()
@@ -267,6 +285,8 @@ def train(
     try:
         write_artifact(staging, result.network, result.tokenizer_json, schema,
                        max_length=cfg.max_length, base_model=base_model_name(cfg))
+        if result.tokenizer_json.parent.name.startswith("stancewatch-tok-"):  # made by fit, now copied
+            shutil.rmtree(result.tokenizer_json.parent, ignore_errors=True)
         runtime = {"backend": "torch", "precision": "fp32"}
         if cfg.optimise:
             from training.optimise import optimise
