@@ -89,6 +89,26 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of process `root` and every live descendant (the server's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # after the command name: state, ppid, ..., utime (index 11), stime (index 12)
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0.0))[1]
+        todo += [child for child, (parent, _) in stats.items() if parent == pid]
+    return total
+
+
 def sequential(url: str, sentences: list[str], n: int, warmup: int = 20) -> dict:
     import requests
 
@@ -107,34 +127,61 @@ def sequential(url: str, sentences: list[str], n: int, warmup: int = 20) -> dict
             "p95_ms": percentile(latencies, 95), "p99_ms": percentile(latencies, 99)}
 
 
-async def _concurrent(url: str, sentences: list[str], clients: int, duration: float) -> dict:
-    import aiohttp
+async def _post_loop(host: str, port: int, path: str, bodies: list[bytes], stop: float,
+                     latencies: list[float], errors: dict[str, int]) -> None:
+    """One client: HTTP/1.1 keep-alive POSTs over a raw asyncio connection until `stop`.
 
+    A hand-rolled client because the load generator shares the two cores with the server: aiohttp
+    spent about as much CPU per request as the server's own HTTP handling, which the server's figures
+    would then pay for. Every response is still checked: status 200 and a JSON body with one result.
+    """
+    reader, writer = await asyncio.open_connection(host, port)
+    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n".encode()
+    i = 0
+    try:
+        while time.perf_counter() < stop:
+            body = bodies[i % len(bodies)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                status_line = await reader.readuntil(b"\r\n")
+                headers = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in headers.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                payload = await reader.readexactly(length)
+                status = int(status_line.split()[1])
+                if status == 200 and len(json.loads(payload)["sentences"]) != 1:
+                    status = "bad body"
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, KeyError) as exc:
+                status = type(exc).__name__
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+            if status == 200:
+                latencies.append((time.perf_counter() - t0) * 1000)
+            else:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+    finally:
+        writer.close()
+
+
+async def _concurrent(url: str, sentences: list[str], clients: int, duration: float) -> dict:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
     latencies: list[float] = []
     errors: dict[str, int] = {}
     stop = time.perf_counter() + duration
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-
-        async def client(k: int) -> None:
-            i = k
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url, json={"sentences": [sentences[i % len(sentences)]]}) as r:
-                        await r.read()
-                        status = r.status
-                except Exception as exc:  # noqa: BLE001 - count every failure
-                    status = type(exc).__name__
-                if status == 200:
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                else:
-                    errors[str(status)] = errors.get(str(status), 0) + 1
-                i += clients
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client(k) for k in range(clients)))
-        elapsed = time.perf_counter() - started
+    started = time.perf_counter()
+    await asyncio.gather(*(
+        _post_loop(parts.hostname, parts.port, parts.path,
+                   [json.dumps({"sentences": [s]}).encode() for s in sentences[k::clients] or sentences],
+                   stop, latencies, errors)
+        for k in range(clients)))
+    elapsed = time.perf_counter() - started
     return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies), "errors": errors,
             "req_per_s": len(latencies) / elapsed, "p50_ms": percentile(latencies, 50) if latencies else None,
             "p95_ms": percentile(latencies, 95) if latencies else None}
@@ -147,13 +194,13 @@ def in_process(model, sentences: list[str], seconds: float = 10.0) -> dict:
         t0 = time.perf_counter()
         model.predict([text])
         single.append((time.perf_counter() - t0) * 1000)
-    done, started = 0, time.perf_counter()
+    done, started, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         model.predict(sentences)
         done += len(sentences)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     return {"sentences": done, "seconds": round(elapsed, 2), "sent_per_s": done / elapsed,
-            "single_p50_ms": percentile(single, 50)}
+            "cpu_ms_per_sentence": 1000 * cpu / done, "single_p50_ms": percentile(single, 50)}
 
 
 def main() -> None:
@@ -183,7 +230,8 @@ def main() -> None:
     # In-process runs before and after the server; the ratio uses the faster (conservative on a shared box).
     before = in_process(model, sentences)
     print(f"in-process batch throughput (before serving): {before['sent_per_s']:.1f} sentences/s "
-          f"(single sentence p50 {before['single_p50_ms']:.1f} ms)", flush=True)
+          f"(single sentence p50 {before['single_p50_ms']:.1f} ms; CPU {before['cpu_ms_per_sentence']:.2f} ms/sentence)",
+          flush=True)
     port = args.port or free_port()
     url = f"http://127.0.0.1:{port}/predict"
     proc = start_server(tag, port, args.threads)
@@ -191,9 +239,15 @@ def main() -> None:
         single = sequential(url, sentences, args.single)
         print(f"single requests, one at a time: p50 {single['p50_ms']:.1f} ms, p95 {single['p95_ms']:.1f} ms, "
               f"p99 {single['p99_ms']:.1f} ms ({single['n']} requests, {single['errors']} errors)", flush=True)
+        server_cpu, client_cpu = tree_cpu_seconds(proc.pid), time.process_time()
         load = asyncio.run(_concurrent(url, sentences, args.clients, args.duration))
+        server_cpu, client_cpu = tree_cpu_seconds(proc.pid) - server_cpu, time.process_time() - client_cpu
+        load["cpu_ms_per_request"] = {"server": 1000 * server_cpu / max(1, load["requests"]),
+                                      "load_generator": 1000 * client_cpu / max(1, load["requests"])}
         print(f"{args.clients} concurrent clients for {load['seconds']} s: {load['req_per_s']:.1f} req/s, "
-              f"p50 {load['p50_ms']:.1f} ms, p95 {load['p95_ms']:.1f} ms, errors {load['errors'] or 0}", flush=True)
+              f"p50 {load['p50_ms']:.1f} ms, p95 {load['p95_ms']:.1f} ms, errors {load['errors'] or 0}; CPU per request: "
+              f"server {load['cpu_ms_per_request']['server']:.2f} ms, load generator "
+              f"{load['cpu_ms_per_request']['load_generator']:.2f} ms", flush=True)
     finally:
         stop_server(proc)
     after = in_process(model, sentences)

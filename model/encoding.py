@@ -9,6 +9,7 @@ reported as truncated.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -109,20 +110,43 @@ def collate(items: Sequence[Encoded], pad_id: int, pad_to: int | None = None) ->
     return {"input_ids": input_ids, "token_type_ids": type_ids, "attention_mask": attention, "pool_mask": pool}
 
 
-def plan_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+def plan_batches(
+    lengths: Sequence[int], max_tokens: int, max_batch: int, width_step: int = 1, row_step: int = 1
+) -> list[list[int]]:
     """Group indices by length so that padded tokens per batch stay under `max_tokens`.
 
     Sorting by length roughly halves the padding of news text; the caller restores input order.
+    With `width_step`/`row_step` > 1 (runtimes that specialise per input shape) every batch has one
+    padded width (a multiple of `width_step`) and a row count that is a multiple of `row_step`,
+    except at most one last batch of fewer than `row_step` rows. That keeps the set of shapes small
+    and fixed whatever the input: with free-form shapes, OpenVINO's memory grew with every new
+    (rows, width) pair it met, so long scoring runs crept upwards.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        width = lengths[i]  # sorted ascending, so the newest item is the widest
-        if current and ((len(current) + 1) * width > max_tokens or len(current) >= max_batch):
+    if width_step == 1 and row_step == 1:
+        current: list[int] = []
+        for i in order:
+            width = lengths[i]  # sorted ascending, so the newest item is the widest
+            if current and ((len(current) + 1) * width > max_tokens or len(current) >= max_batch):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
             batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+        return batches
+    carry: list[int] = []  # fewer than row_step items, moved up into the next (wider) group
+    for width, group in itertools.groupby(order, key=lambda i: -(-lengths[i] // width_step) * width_step):
+        pool = carry + list(group)
+        cap = max(1, min(max_batch, max_tokens // max(width, 1)))
+        cap = max(row_step, cap - cap % row_step)
+        while len(pool) >= cap:
+            batches.append(pool[:cap])
+            pool = pool[cap:]
+        keep = len(pool) - len(pool) % row_step
+        if keep:
+            batches.append(pool[:keep])
+        carry = pool[keep:]
+    if carry:
+        batches.append(carry)
     return batches

@@ -27,6 +27,7 @@ from model.encoding import Encoded, InputEncoder, collate, plan_batches
 from model.schema import Schema
 
 ARTIFACT_FORMAT = 1
+ROW_STEP = 8  # batch row counts are multiples of this on shape-specialising runtimes (see plan_batches)
 SETTINGS_FILE = "stancewatch.json"
 BACKENDS = ("auto", "torch", "openvino")
 
@@ -214,14 +215,19 @@ class StanceModel:
         out = np.zeros((len(encoded), sum(self.head_sizes)), dtype=np.float32)
         if not encoded:
             return out
-        plan = plan_batches([len(e) for e in encoded], self.max_tokens, self.max_batch)
+        rows = ROW_STEP if self.pad_step > 1 else 1
+        plan = plan_batches([len(e) for e in encoded], self.max_tokens, self.max_batch, self.pad_step, rows)
         run_many = getattr(self.backend, "run_many", None)
         streams = getattr(self.backend, "streams", 1)
         while run_many and len(plan) < streams and max(len(b) for b in plan) > 1:
-            # Fewer batches than parallel streams (small requests): split the largest so every core works.
+            # Fewer batches than parallel streams (small requests): split the largest so every core works,
+            # at a multiple of the row step where it is big enough.
             big = max(plan, key=len)
+            cut = len(big) // 2
+            if cut >= rows:
+                cut -= cut % rows
             plan.remove(big)
-            plan += [big[: len(big) // 2], big[len(big) // 2 :]]
+            plan += [big[:cut], big[cut:]]
         for start in range(0, len(plan), 32):  # bounded number of padded batches held at once
             chunk = plan[start : start + 32]
             batches = [self._collate([encoded[i] for i in idx]) for idx in chunk]

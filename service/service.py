@@ -4,6 +4,7 @@ Run with `stancewatch serve` (or `bentoml serve service.service:StanceService`).
 from $STANCEWATCH_MODEL, else the production version, else the latest. Limits (env): sentences
 per request STANCEWATCH_MAX_SENTENCES (256), body bytes STANCEWATCH_MAX_BODY_BYTES (1 MB), items
 per inference batch STANCEWATCH_BATCH_ITEMS (64), torch threads STANCEWATCH_THREADS (all CPUs);
+STANCEWATCH_ACCESS_LOG=0 turns off the per-request access log;
 STANCEWATCH_API_KEY, when set, makes prediction endpoints require `Authorization: Bearer <key>`.
 """
 
@@ -49,6 +50,8 @@ WORKERS = max(1, int(os.environ.get("STANCEWATCH_WORKERS") or 1))
 THREADS = max(1, default_threads() // WORKERS) if not os.environ.get("STANCEWATCH_THREADS") else default_threads()
 BACKEND = os.environ.get("STANCEWATCH_BACKEND") or "auto"  # auto | torch | openvino
 GATHER_MS = float(os.environ.get("STANCEWATCH_GATHER_MS") or 2.0)  # see MicroBatcher
+# One log line per request (BentoML's access log); STANCEWATCH_ACCESS_LOG=0 turns it off.
+ACCESS_LOG = (os.environ.get("STANCEWATCH_ACCESS_LOG") or "1").strip().lower() not in ("0", "false", "no", "off")
 SWITCH_INTERVAL_S = float(os.environ.get("STANCEWATCH_SWITCH_INTERVAL_S") or 0.0005)
 # Seconds between checks of the production pointer (0: never reload); ignored when
 # $STANCEWATCH_MODEL pins a tag.
@@ -77,7 +80,8 @@ def get_model_info() -> dict:
 
 
 @bentoml.asgi_app(info_app, path="/")
-@bentoml.service(name="stancewatch", workers=WORKERS, resources={"cpu": str(THREADS * WORKERS)}, traffic={"timeout": 600})
+@bentoml.service(name="stancewatch", workers=WORKERS, resources={"cpu": str(THREADS * WORKERS)}, traffic={"timeout": 600},
+                 logging={"access": {"enabled": ACCESS_LOG}})
 class StanceService:
     """Sentence-level stance classification: every sentence gets a label and probabilities per target."""
 

@@ -43,6 +43,23 @@ def test_batches_respect_the_token_budget_and_cover_every_index():
         assert len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 80
 
 
+def test_shape_stepped_batches_use_a_small_fixed_set_of_shapes():
+    # OpenVINO keeps memory per input shape it meets, so a long run must not keep meeting new ones.
+    rng = np.random.default_rng(0)
+    shapes = set()
+    for call in range(300):
+        lengths = rng.integers(3, 129, size=int(rng.integers(1, 700))).tolist()
+        batches = plan_batches(lengths, max_tokens=8192, max_batch=128, width_step=8, row_step=8)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        odd = [b for b in batches if len(b) % 8]
+        assert len(odd) <= 1 and all(len(b) < 8 for b in odd)  # only one short remainder per call
+        for b in batches:
+            width = -(-max(lengths[i] for i in b) // 8) * 8
+            assert len(b) <= 128 and len(b) * width <= 8192
+            shapes.add((len(b), width))
+    assert len(shapes) <= 16 * (16 + 7)  # widths 8..128; rows: multiples of 8 up to 128, or 1..7
+
+
 def test_collate_pads(encoder):
     items = encoder.encode(["a", "a b c d e"])
     batch = collate(items, encoder.pad_id)

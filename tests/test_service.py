@@ -135,6 +135,18 @@ def test_the_bento_carries_the_serving_model(svc_module, tiny_model):
     assert set(svc_module.StanceService.apis) == {"predict", "predict_document"}
 
 
+def test_access_log_is_on_by_default_and_can_be_turned_off(svc_module, tiny_model):
+    import subprocess
+    import sys
+
+    assert svc_module.StanceService.config["logging"]["access"]["enabled"] is True
+    env = {**os.environ, "STANCEWATCH_MODEL": tiny_model.tag, "STANCEWATCH_ACCESS_LOG": "0"}
+    code = "import service.service as s; print(s.StanceService.config['logging']['access']['enabled'])"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_import_fails_clearly_without_a_model(tiny_model):
     import subprocess
     import sys
