@@ -117,10 +117,11 @@ def plan_batches(
 
     Sorting by length roughly halves the padding of news text; the caller restores input order.
     With `width_step`/`row_step` > 1 (runtimes that specialise per input shape) every batch has one
-    padded width (a multiple of `width_step`) and a row count that is a multiple of `row_step`,
-    except at most one last batch of fewer than `row_step` rows. That keeps the set of shapes small
-    and fixed whatever the input: with free-form shapes, OpenVINO's memory grew with every new
-    (rows, width) pair it met, so long scoring runs crept upwards.
+    padded width (a multiple of `width_step`) and `row_step` times a power of two rows, except at
+    most one last batch of fewer than `row_step` rows. That keeps the set of shapes small and fixed
+    whatever the input (16 widths x (5 + 7) row counts for 128 tokens and row_step 8): with free-form
+    shapes, OpenVINO's memory grew with every new (rows, width) pair it met, so long scoring runs
+    crept upwards.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
@@ -139,14 +140,15 @@ def plan_batches(
     for width, group in itertools.groupby(order, key=lambda i: -(-lengths[i] // width_step) * width_step):
         pool = carry + list(group)
         cap = max(1, min(max_batch, max_tokens // max(width, 1)))
-        cap = max(row_step, cap - cap % row_step)
-        while len(pool) >= cap:
-            batches.append(pool[:cap])
-            pool = pool[cap:]
-        keep = len(pool) - len(pool) % row_step
-        if keep:
-            batches.append(pool[:keep])
-        carry = pool[keep:]
+        # Row counts are row_step times a power of two, up to the largest that fits the budget.
+        sizes = [row_step]
+        while sizes[-1] * 2 <= cap:
+            sizes.append(sizes[-1] * 2)
+        while len(pool) >= row_step:
+            size = next(n for n in reversed(sizes) if n <= len(pool))
+            batches.append(pool[:size])
+            pool = pool[size:]
+        carry = pool
     if carry:
         batches.append(carry)
     return batches
