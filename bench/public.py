@@ -1,12 +1,12 @@
 """Retrain on public stance benchmarks through the user-facing API and report test scores.
 
 Reads ../shared/data (skips with a message when absent). Each run trains with `training.train.train`
-exactly as `stancewatch train --data FILE` does (schema inferred from the data, dev split from the
-training file, the default TrainConfig unless overridden), in a throw-away model store, then scores
-the test file with the saved version. Every run is a separate process so its peak memory is its own.
+exactly as `stancewatch train --data FILE [--dev FILE]` does (schema inferred from the data, the
+task's dev file or else a dev split of the training file, the default TrainConfig unless
+overridden), in a throw-away model store, then scores the test file with the saved version. Every run is a separate process so its peak memory is its own.
 
     python bench/public.py semeval --seeds 13 14 15      # SemEval-2016 Task 6 A, 5 targets, 5 heads
-    python bench/public.py pstance --seeds 13            # P-Stance, 3 targets (favor/against)
+    python bench/public.py pstance --seeds 13 --set epochs=3   # P-Stance, 3 targets, its dev.csv as dev
     python bench/public.py semeval --seeds 13 --set epochs=4 --set learning_rate=5e-5
 """
 
@@ -28,6 +28,9 @@ TASKS = {
     "semeval": ("semeval2016-task6/train.csv", "semeval2016-task6/test.csv"),
     "pstance": ("p-stance/train.csv", "p-stance/test.csv"),
 }
+# The task's own dev split, used as `stancewatch train --dev FILE` would; without one the dev split
+# comes out of the training file.
+DEV_FILES = {"pstance": "p-stance/dev.csv"}
 ANCHORS = {
     "semeval": "best of 19 teams 67.82 (pooled); TweetEval split: RoBERTa-base 68.0, BERTweet 71.2",
     "pstance": "BERTweet 80.53 (mean F_avg over targets)",
@@ -51,16 +54,17 @@ def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
     cfg = TrainConfig(**{**overrides, "seed": seed})
     started = time.time()
     data = load_labelled([train_file])
-    result = train(data, cfg, progress=False, promote="always")
+    dev = load_labelled([DATA / DEV_FILES[task]], schema=data.schema) if task in DEV_FILES else None
+    result = train(data, cfg, dev=dev, progress=False, promote="always")
     seconds = time.time() - started
     model = StanceModel.load(result.tag)
     test = load_labelled([test_file], schema=model.schema)
     probs, _ = model.predict_arrays([e.text for e in test.examples], [e.context or None for e in test.examples])
     report = evaluate_predictions(model.schema, gold_lists(test.examples, model.schema), dict(zip(model.schema.target_names, probs)))
-    dev = result.metadata["metrics"]  # the dev split of the training file: what a recipe is chosen by
+    dev_metrics = result.metadata["metrics"]  # the dev split: what a recipe is chosen by
     out.write_text(json.dumps({
         "task": task, "seed": seed, "tag": result.tag, "train_seconds": round(seconds, 1),
-        "dev_pooled_f_avg": dev.get("pooled_f_avg"), "dev_mean_f_avg": dev.get("mean_f_avg"),
+        "dev_pooled_f_avg": dev_metrics.get("pooled_f_avg"), "dev_mean_f_avg": dev_metrics.get("mean_f_avg"),
         "runtime": result.metadata.get("runtime", {}), "best_epoch": result.metadata.get("best_epoch"),
         "pooled_f_avg": report.get("pooled_f_avg"), "mean_f_avg": report["mean_f_avg"],
         "per_target_f_avg": {t: v["f_avg"] for t, v in report["targets"].items()},
@@ -92,7 +96,7 @@ def main() -> None:
     if args.child:
         run_one(args.task, int(args.child[0]), overrides, Path(args.child[1]))
         return
-    missing = [p for p in TASKS[args.task] if not (DATA / p).exists()]
+    missing = [p for p in (*TASKS[args.task], DEV_FILES.get(args.task)) if p and not (DATA / p).exists()]
     if missing:
         print(f"skipped: {', '.join(str(DATA / p) for p in missing)} not found (public data lives in ../shared/data)")
         return
