@@ -53,12 +53,13 @@ def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
     train_file, test_file = (DATA / p for p in TASKS[task])
     cfg = TrainConfig(**{**overrides, "seed": seed})
     started = time.time()
-    data = load_labelled([train_file])
-    dev = load_labelled([DATA / DEV_FILES[task]], schema=data.schema) if task in DEV_FILES else None
+    # P-Stance's train.csv labels a few identical tweets both ways: drop those, as `--drop-conflicts` does.
+    data = load_labelled([train_file], drop_conflicts=True)
+    dev = load_labelled([DATA / DEV_FILES[task]], schema=data.schema, drop_conflicts=True) if task in DEV_FILES else None
     result = train(data, cfg, dev=dev, progress=False, promote="always")
     seconds = time.time() - started
     model = StanceModel.load(result.tag)
-    test = load_labelled([test_file], schema=model.schema)
+    test = load_labelled([test_file], schema=model.schema, drop_conflicts=True)
     probs, _ = model.predict_arrays([e.text for e in test.examples], [e.context or None for e in test.examples])
     report = evaluate_predictions(model.schema, gold_lists(test.examples, model.schema), dict(zip(model.schema.target_names, probs)))
     dev_metrics = result.metadata["metrics"]  # the dev split: what a recipe is chosen by
@@ -69,6 +70,7 @@ def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
         "pooled_f_avg": report.get("pooled_f_avg"), "mean_f_avg": report["mean_f_avg"],
         "per_target_f_avg": {t: v["f_avg"] for t, v in report["targets"].items()},
         "n_train": len(data.examples), "n_test": len(test.examples), "config": cfg.to_dict(),
+        "conflicts_dropped": {"train": len(data.report.conflicts_dropped), "test": len(test.report.conflicts_dropped)},
     }, indent=1))
     shutil.rmtree(home, ignore_errors=True)
 
