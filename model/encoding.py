@@ -117,11 +117,12 @@ def plan_batches(
 
     Sorting by length roughly halves the padding of news text; the caller restores input order.
     With `width_step`/`row_step` > 1 (runtimes that specialise per input shape) every batch has one
-    padded width (a multiple of `width_step`) and `row_step` times a power of two rows, except at
-    most one last batch of fewer than `row_step` rows. That keeps the set of shapes small and fixed
-    whatever the input (16 widths x (5 + 7) row counts for 128 tokens and row_step 8): with free-form
-    shapes, OpenVINO's memory grew with every new (rows, width) pair it met, so long scoring runs
-    crept upwards.
+    padded width (a multiple of `width_step`) and `row_step` times a power of two rows; the last batch
+    repeats its last index to reach `row_step` rows (the caller writes that row's result twice, the
+    same value), and only a call with fewer than `row_step` items in all has fewer rows. That keeps
+    the set of shapes small and fixed whatever the input (16 widths x 5 row counts for 128 tokens and
+    row_step 8, plus up to 7 row counts for tiny calls): with free-form shapes, OpenVINO's memory grew
+    with every new (rows, width) pair it met, so long scoring runs crept upwards.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
@@ -150,5 +151,10 @@ def plan_batches(
             pool = pool[size:]
         carry = pool
     if carry:
+        if len(lengths) >= row_step:
+            # Repeat the last item to fill the remainder up to row_step rows: a few wasted rows once per
+            # call instead of up to (row_step - 1) x widths more shapes (they showed up slowly, one new
+            # shape at a time, each adding memory, over a long run).
+            carry += [carry[-1]] * (row_step - len(carry))
         batches.append(carry)
     return batches
