@@ -125,8 +125,8 @@ def main() -> None:
 
     print(f"\n{args.task}: {len(runs)} seed(s); anchors: {ANCHORS[args.task]}")
     print("| metric | mean ± std over seeds |\n|---|---|")
-    print(f"| dev split of train: pooled F_avg | {stat('dev_pooled_f_avg')} |")
-    print(f"| dev split of train: mean of per-target F_avg | {stat('dev_mean_f_avg')} |")
+    print(f"| dev split (the task's dev file, else carved from train): pooled F_avg | {stat('dev_pooled_f_avg')} |")
+    print(f"| dev split: mean of per-target F_avg | {stat('dev_mean_f_avg')} |")
     print(f"| test: pooled F_avg (official) | {stat('pooled_f_avg')} |")
     print(f"| test: mean of per-target F_avg | {stat('mean_f_avg')} |")
     print(f"| training time (s) | {np.mean([r['train_seconds'] for r in runs]):.0f} |")
