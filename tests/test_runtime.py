@@ -1,6 +1,7 @@
 """The OpenVINO runtime: export, int8 validation gate, fallback, order restoration, no torch import."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -18,7 +19,9 @@ def optimised(tiny_base):
     data = load_labelled([DEFAULT_CORPUS])
     data.examples = data.examples[:160]
     cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=6, batch_size=8, max_length=64, dev_fraction=0.25)
-    return train(data, cfg, save=False, progress=False)
+    result = train(data, cfg, save=False, progress=False)
+    yield result
+    shutil.rmtree(result.folder, ignore_errors=True)  # unsaved: the folder is ours to remove
 
 
 def test_export_records_the_choice_and_agreement(optimised):

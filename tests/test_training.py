@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,10 @@ def test_partial_labels_and_class_weighting(tiny_base, tmp_path):
                  "Rain today.,none,none\nRetract it.,against,favor\n", encoding="utf-8")
     data = load_labelled([p])
     result = train(data, tiny_cfg(tiny_base, class_weighting=True), save=False, progress=False)
-    assert result.tag is None and (result.folder / "model.safetensors").exists()
+    try:
+        assert result.tag is None and (result.folder / "model.safetensors").exists()
+    finally:
+        shutil.rmtree(result.folder, ignore_errors=True)
 
 
 def test_promotion_gate_and_rollback(tiny_base, tiny_csv, tiny_model):
