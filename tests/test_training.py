@@ -38,6 +38,7 @@ def _roundtrip(base, tiny_csv, tmp_path, max_length=64):
     result = fit(ex, ex, data.schema, cfg, progress=False)
     write_artifact(tmp_path / "m", result.network, result.tokenizer_json, data.schema,
                    max_length=max_length, base_model=Path(base).name)
+    result.release_scratch()
     enc = result.encoder.encode([e.text for e in ex], [e.context or None for e in ex])
     before = predict_logits(result.network, result.encoder, enc)
     loaded = StanceModel(tmp_path / "m")
@@ -130,3 +131,26 @@ def test_weight_averaging_keeps_an_average_of_the_trajectory(tiny_base, tiny_csv
     assert distance(averaged, start) < distance(plain, start)
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(ema_decay=1.0)
+
+
+def test_base_without_tokenizer_json_gets_one_and_its_temp_folder_goes(tiny_base, tiny_csv, tmp_path, monkeypatch):
+    import training.train as train_module
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_base, base, ignore=shutil.ignore_patterns("tokenizer.json"))
+    data = load_labelled([tiny_csv])
+    scratches = []
+
+    def spy(*args, **kwargs):
+        result = fit(*args, **kwargs)
+        scratches.append(result.scratch)
+        assert result.tokenizer_json == result.scratch / "tokenizer.json" and result.tokenizer_json.exists()
+        return result
+
+    monkeypatch.setattr(train_module, "fit", spy)
+    result = train(data, tiny_cfg(base), save=False, progress=False)
+    try:
+        assert (result.folder / "tokenizer.json").exists()  # copied into the artefact...
+        assert scratches and not scratches[0].exists()  # ...then the temp folder was removed
+    finally:
+        shutil.rmtree(result.folder, ignore_errors=True)

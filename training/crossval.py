@@ -22,6 +22,7 @@ def cross_validate(data: LabelledData, cfg: TrainConfig, folds: int = 5, progres
         test = [data.examples[i] for i in test_idx]
         train_ex, dev_ex = stratified_split(pool, schema, cfg.dev_fraction, cfg.seed)
         result = fit(train_ex, dev_ex, schema, cfg, progress=progress)
+        result.release_scratch()  # only the in-memory encoder is used below
         enc = result.encoder.encode([e.text for e in test], [e.context or None for e in test])
         report = evaluate_predictions(schema, gold_lists(test, schema),
                                       split_probs(predict_logits(result.network, result.encoder, enc), schema))

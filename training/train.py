@@ -39,6 +39,13 @@ class FitResult:
     best_dev_f_avg: float
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
+    scratch: Path | None = None  # temp folder holding a tokenizer.json made by fit (bases without one)
+
+    def release_scratch(self) -> None:
+        """Remove fit's temp folder once the tokenizer has been copied (or is no longer needed)."""
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
 
 @dataclass
@@ -148,8 +155,10 @@ def fit(
     _seed_everything(cfg.seed)
     workdir = Path(tempfile.mkdtemp(prefix="stancewatch-tok-"))
     tok_json = tokenizer_json_for(cfg.base_path, workdir)
+    scratch: Path | None = workdir
     if tok_json.parent != workdir:  # the base ships tokenizer.json: nothing to keep here
         shutil.rmtree(workdir, ignore_errors=True)
+        scratch = None
     encoder = InputEncoder.from_folder(tok_json.parent, cfg.max_length) if tok_json.name == "tokenizer.json" else None
     train_enc = encoder.encode([e.text for e in train_ex], [e.context or None for e in train_ex])
     dev_enc = encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex])
@@ -252,7 +261,7 @@ def fit(
     if best_state is not None:
         network.load_state_dict(best_state)
     network.eval()
-    return FitResult(network, encoder, tok_json, best_epoch, best_score, history, time.time() - started)
+    return FitResult(network, encoder, tok_json, best_epoch, best_score, history, time.time() - started, scratch)
 
 
 def train(
@@ -283,10 +292,11 @@ def train(
 
     staging = Path(tempfile.mkdtemp(prefix="stancewatch-model-"))
     try:
-        write_artifact(staging, result.network, result.tokenizer_json, schema,
-                       max_length=cfg.max_length, base_model=base_model_name(cfg))
-        if result.tokenizer_json.parent.name.startswith("stancewatch-tok-"):  # made by fit, now copied
-            shutil.rmtree(result.tokenizer_json.parent, ignore_errors=True)
+        try:
+            write_artifact(staging, result.network, result.tokenizer_json, schema,
+                           max_length=cfg.max_length, base_model=base_model_name(cfg))
+        finally:
+            result.release_scratch()
         runtime = {"backend": "torch", "precision": "fp32"}
         if cfg.optimise:
             from training.optimise import optimise
