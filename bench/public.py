@@ -3,7 +3,8 @@
 Reads ../shared/data (skips with a message when absent). Each run trains with `training.train.train`
 exactly as `stancewatch train --data FILE [--dev FILE]` does (schema inferred from the data, the
 task's dev file or else a dev split of the training file, the default TrainConfig unless
-overridden), in a throw-away model store, then scores the test file with the saved version. Every run is a separate process so its peak memory is its own.
+overridden), in a throw-away model store, then scores the test file with the saved version. Every
+run is a separate process so its peak memory is its own.
 
     python bench/public.py semeval --seeds 13 14 15      # SemEval-2016 Task 6 A, 5 targets, 5 heads
     python bench/public.py pstance --seeds 13 --set epochs=3   # P-Stance, 3 targets, its dev.csv as dev
