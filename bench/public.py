@@ -68,6 +68,7 @@ def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
         "task": task, "seed": seed, "tag": result.tag, "train_seconds": round(seconds, 1),
         "dev_pooled_f_avg": dev_metrics.get("pooled_f_avg"), "dev_mean_f_avg": dev_metrics.get("mean_f_avg"),
         "runtime": result.metadata.get("runtime", {}), "best_epoch": result.metadata.get("best_epoch"),
+        "soup": result.metadata.get("soup"),
         "pooled_f_avg": report.get("pooled_f_avg"), "mean_f_avg": report["mean_f_avg"],
         "per_target_f_avg": {t: v["f_avg"] for t, v in report["targets"].items()},
         "n_train": len(data.examples), "n_test": len(test.examples), "config": cfg.to_dict(),

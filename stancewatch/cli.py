@@ -86,6 +86,8 @@ def train(
     seed: Optional[int] = typer.Option(None, "--seed"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimiser steps (smoke tests)."),
     class_weighting: Optional[bool] = typer.Option(None, "--class-weighting/--no-class-weighting"),
+    device: Optional[str] = typer.Option(None, "--device", help="Training device: auto (default), cpu, cuda, cuda:N."),
+    members: Optional[int] = typer.Option(None, "--members", help="Runs whose weights are averaged (1: a single run)."),
     drop_conflicts: bool = typer.Option(False, "--drop-conflicts", help="Drop rows whose labels conflict (listed)."),
     merge: bool = typer.Option(False, "--merge", help="Add the production version's training data (new labels win)."),
     promote: str = typer.Option("auto", "--promote", help="auto | always | never"),
@@ -98,7 +100,7 @@ def train(
     if promote not in ("auto", "always", "never"):
         _fail(f"--promote must be auto, always or never, got {promote!r}", 2)
     overrides = {"epochs": epochs, "seed": seed, "max_steps": max_steps, "class_weighting": class_weighting,
-                 "base_model": str(base_model) if base_model else None}
+                 "device": device, "members": members, "base_model": str(base_model) if base_model else None}
     try:
         cfg = (TrainConfig.from_file(config, **overrides) if config
                else TrainConfig(**{k: v for k, v in overrides.items() if v is not None}))
@@ -312,7 +314,7 @@ def init(
                       f"{store.production_tag() or str(versions[0].tag) + ' (latest)'}", highlight=False)
         return
     train(data=None, dev=None, schema=None, base_model=None, config=None, epochs=None, seed=None, max_steps=None,
-          class_weighting=None, drop_conflicts=False, merge=False, promote="auto", margin=0.5)
+          class_weighting=None, device=None, members=None, drop_conflicts=False, merge=False, promote="auto", margin=0.5)
 
 
 # ---- models ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_train_prints_tag_metrics_and_inferred_schema(tmp_path, tiny_base, tiny_
                                                ("Climate", "favor"), ("Climate", "against"), ("Climate", "none")] * 2)]
     p.write_text("\n".join(rows) + "\n", encoding="utf-8")
     result = runner.invoke(app, ["train", "--data", str(p), "--base-model", str(tiny_base), "--max-steps", "2",
-                                 "--epochs", "1", "--promote", "never"])
+                                 "--epochs", "1", "--promote", "never", "--members", "2", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "schema inferred from the data:" in result.output
     assert "target Atheism: labels favor, against, none" in result.output
@@ -36,6 +36,8 @@ def test_train_prints_tag_metrics_and_inferred_schema(tmp_path, tiny_base, tiny_
     assert "not promoted (--promote never)" in result.output
     tag = result.output.split("new model version: ")[1].split()[0]
     assert store.get(tag).info.metadata["schema"]["targets"][1]["name"] == "Climate"
+    meta = store.get(tag).info.metadata
+    assert meta["train_config"]["members"] == 2 and len(meta["soup"]["members"]) == 2
 
 
 def test_predict_table_and_document(tiny_model):

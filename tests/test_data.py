@@ -63,6 +63,11 @@ def test_every_problem_is_reported_with_row_field_and_allowed_values(tmp_path):
     assert len(conflict) == 1 and conflict[0][0] == 1 and "row 5 says 'against'" in conflict[0][2]
     assert len(got) == 4
     assert "bad.csv: row 3: label:" in str(exc.value)
+    # Worker processes (recipe search, Ray) send it pickled: it must arrive with the same problems.
+    import pickle
+
+    again = pickle.loads(pickle.dumps(exc.value))
+    assert str(again) == str(exc.value) and again.problems == exc.value.problems
 
 
 def test_unknown_target_against_a_given_schema(tmp_path):

@@ -117,7 +117,8 @@ def test_weight_averaging_keeps_an_average_of_the_trajectory(tiny_base, tiny_csv
 
     data = load_labelled([tiny_csv])
     ex = data.examples
-    kw = dict(base_model=str(tiny_base), epochs=1, max_steps=6, batch_size=4, max_length=64, learning_rate=0.05)
+    kw = dict(base_model=str(tiny_base), epochs=1, max_steps=6, batch_size=4, max_length=64, learning_rate=0.05,
+              members=1)
     plain = fit(ex, ex, data.schema, TrainConfig(**kw), progress=False).network
     averaged = fit(ex, ex, data.schema, TrainConfig(**kw, ema_decay=0.9), progress=False).network
     start = StanceNetwork.from_base(str(tiny_base), [len(t.labels) for t in data.schema.targets], 0.1)
@@ -154,3 +155,88 @@ def test_base_without_tokenizer_json_gets_one_and_its_temp_folder_goes(tiny_base
         assert scratches and not scratches[0].exists()  # ...then the temp folder was removed
     finally:
         shutil.rmtree(result.folder, ignore_errors=True)
+
+
+def test_frozen_embeddings_stay_and_the_rest_trains(tiny_base, tiny_csv):
+    from model.network import StanceNetwork
+
+    data = load_labelled([tiny_csv])
+    ex = data.examples
+    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=4, batch_size=4, max_length=64,
+                      learning_rate=0.05, freeze_embeddings=True, label_smoothing=0.1, device="cpu")
+    trained = fit(ex, ex, data.schema, cfg, progress=False).network
+    start = StanceNetwork.from_base(str(tiny_base), [len(t.labels) for t in data.schema.targets], 0.1)
+    before, after = start.encoder.state_dict(), trained.encoder.state_dict()
+    name = "embeddings.word_embeddings.weight"
+    assert torch_equal(before[name], after[name])
+    assert not torch_equal(before["encoder.layer.0.attention.self.query.weight"],
+                           after["encoder.layer.0.attention.self.query.weight"])
+    assert trained.encoder.get_input_embeddings().weight.requires_grad  # handed back trainable
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_task_adaptive_pretraining_changes_the_encoder_and_is_recorded(tiny_base, tiny_csv):
+    from model.network import StanceNetwork
+
+    data = load_labelled([tiny_csv])
+    ex = data.examples
+    kw = dict(base_model=str(tiny_base), epochs=1, max_steps=1, batch_size=4, max_length=64, learning_rate=1e-9)
+    adapted = fit(ex, ex, data.schema, TrainConfig(**kw, tapt_epochs=2, tapt_learning_rate=0.01), progress=False)
+    assert adapted.tapt["steps"] >= 2 and adapted.tapt["loss"] > 0
+    start = StanceNetwork.from_base(str(tiny_base), [len(t.labels) for t in data.schema.targets], 0.1)
+    # The fine-tuning learning rate is ~0, so the change in the layers comes from the masked-LM phase.
+    name = "encoder.layer.1.output.dense.weight"
+    assert not torch_equal(start.encoder.state_dict()[name], adapted.network.encoder.state_dict()[name])
+    plain = fit(ex, ex, data.schema, TrainConfig(**kw), progress=False)
+    assert plain.tapt is None
+
+
+def test_new_options_are_validated():
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TrainConfig(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="device must be"):
+        TrainConfig(device="tpu")
+    with pytest.raises(ValueError, match="tapt_epochs"):
+        TrainConfig(tapt_epochs=-1)
+
+
+def test_asking_for_cuda_without_it_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert str(TrainConfig().torch_device()) == "cpu"  # auto falls back to the CPU
+    with pytest.raises(ValueError, match="no CUDA device"):
+        TrainConfig(device="cuda").torch_device()
+
+
+def test_members_are_averaged_greedily_and_recorded(tiny_base, tiny_csv):
+    data = load_labelled([tiny_csv])
+    ex = data.examples
+    kw = dict(base_model=str(tiny_base), epochs=2, max_steps=3, batch_size=4, max_length=64, learning_rate=0.02)
+    single = fit(ex, ex, data.schema, TrainConfig(**kw, members=1), progress=False)
+    souped = fit(ex, ex, data.schema, TrainConfig(**kw, members=3), progress=False)
+    soup = souped.soup
+    assert single.soup is None
+    assert [m["seed"] for m in soup["members"]] == [13, 1013, 2013]
+    # The first member is the single-model run: same seed, same start, same data order.
+    assert soup["members"][0]["dev_mean_f_avg"] == pytest.approx(single.best_dev_f_avg)
+    best = max(soup["members"], key=lambda m: m["dev_mean_f_avg"])
+    assert soup["chosen"][0] == best["seed"] and set(soup["chosen"]) <= {13, 1013, 2013}
+    assert soup["dev_mean_f_avg"] >= best["dev_mean_f_avg"]  # greedy: never worse than its best member
+    assert 0 <= soup["ensemble_dev_mean_f_avg"] <= 1
+    # The kept weights score what the soup recorded.
+    enc = souped.encoder.encode([e.text for e in ex], [e.context or None for e in ex])
+    from training.evaluate import evaluate_predictions
+    from training.train import gold_lists, split_probs
+
+    report = evaluate_predictions(data.schema, gold_lists(ex, data.schema),
+                                  split_probs(predict_logits(souped.network, souped.encoder, enc), data.schema))
+    assert report["mean_f_avg"] == pytest.approx(soup["dev_mean_f_avg"])
+    with pytest.raises(ValueError, match="members"):
+        TrainConfig(members=0)

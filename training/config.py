@@ -29,6 +29,13 @@ class TrainConfig:
     dropout: float = 0.1
     ema_decay: float = 0.0  # >0: evaluate and keep an exponential moving average of the weights
     class_weighting: bool = False  # weight each target's loss by inverse label frequency
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    freeze_embeddings: bool = False  # keep the token embeddings fixed (words unseen in training keep their meaning)
+    tapt_epochs: int = 0  # >0: continue masked-LM pretraining on the training texts first (task-adaptive)
+    tapt_learning_rate: float = 1e-4
+    # Runs from the same start (other data order and dropout) whose weights are averaged greedily on dev
+    # (training/train.py _greedy_soup); 3 won on SemEval-2016's dev split (README "Results"). 1: one run.
+    members: int = 3
     dev_fraction: float = 0.15  # used only when no dev file is given
     patience: int = 3  # epochs without dev F_avg improvement before stopping
     seed: int = 13
@@ -36,6 +43,7 @@ class TrainConfig:
     optimise: bool = True  # export to OpenVINO, keep int8 if it passes validation (else bf16)
     threads: int = 0  # torch threads; 0 means every CPU this process may use
     max_steps: int = 0  # stop after this many optimiser steps (0: no limit); for smoke tests
+    device: str = "auto"  # torch device for training: auto (CUDA when available, else CPU), cpu, cuda, cuda:N
 
     def __post_init__(self) -> None:
         problems = []
@@ -55,6 +63,16 @@ class TrainConfig:
             problems.append("ema_decay must be in [0, 1)")
         if not 0 <= self.dropout < 1:
             problems.append("dropout must be in [0, 1)")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append("label_smoothing must be in [0, 1)")
+        if self.members < 1:
+            problems.append("members must be >= 1")
+        if self.tapt_epochs < 0:
+            problems.append("tapt_epochs must be >= 0")
+        if not 0 < self.tapt_learning_rate < 1:
+            problems.append("tapt_learning_rate must be in (0, 1)")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N, not {self.device!r}")
         if self.max_length < 16:
             problems.append("max_length must be >= 16")
         if self.patience < 1:
@@ -63,6 +81,16 @@ class TrainConfig:
             problems.append(f"base_model {self.base_model!r} is not a local folder")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def torch_device(self):
+        """The torch device to train on; an error when CUDA is asked for but absent."""
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} asked for, but torch sees no CUDA device")
+        return torch.device(self.device)
 
     @property
     def base_path(self) -> str:

@@ -51,6 +51,10 @@ class DataValidationError(ValueError):
         more = f"\n  ... and {len(self.problems) - 200} more" if len(self.problems) > 200 else ""
         super().__init__(f"{len(self.problems)} problem(s) in the labelled data:\n{shown}{more}")
 
+    def __reduce__(self):
+        # Rebuilt from the problems, not the message, when it crosses a process boundary.
+        return (type(self), (self.problems,))
+
 
 @dataclass
 class Example:

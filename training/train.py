@@ -40,6 +40,8 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     scratch: Path | None = None  # temp folder holding a tokenizer.json made by fit (bases without one)
+    tapt: dict | None = None  # masked-LM adaptation summary when cfg.tapt_epochs > 0
+    soup: dict | None = None  # members' and the averaged model's dev scores when cfg.members > 1
 
     def release_scratch(self) -> None:
         """Remove fit's temp folder once the tokenizer has been copied (or is no longer needed)."""
@@ -120,12 +122,98 @@ def predict_logits(network, encoder: InputEncoder, encoded) -> np.ndarray:
     import torch
 
     network.eval()
+    device = next(network.parameters()).device
     out = np.zeros((len(encoded), sum(network.head_sizes)), dtype=np.float32)
     with torch.inference_mode():
         for idx in plan_batches([len(e) for e in encoded], 8192, 128):
             batch = collate([encoded[i] for i in idx], encoder.pad_id)
-            out[idx] = network(**{k: torch.from_numpy(v) for k, v in batch.items()}).float().numpy()
+            out[idx] = network(**_to(batch, device)).float().cpu().numpy()
     return out
+
+
+def _to(batch: dict, device) -> dict:
+    import torch
+
+    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def adapt_encoder(network, encoded, encoder: InputEncoder, cfg: TrainConfig, device, progress: bool = False) -> dict:
+    """Task-adaptive pretraining: continue masked-LM training of the base on the training inputs.
+
+    The base's masked-LM head is used when it ships one; otherwise (all-MiniLM-L6-v2, a sentence
+    embedding model, has none) transformers initialises it, tied to the token embeddings. 15% of the
+    non-special tokens are chosen; 80% of those become the mask token, 10% a random token, 10% stay.
+    The adapted encoder weights are copied into `network.encoder`. Returns {"steps", "loss"}.
+    """
+    import torch
+    from transformers import AutoModelForMaskedLM
+
+    specials = {i for i, tok in encoder.tokenizer.get_added_tokens_decoder().items() if tok.special}
+    mask_id = next((i for i, tok in encoder.tokenizer.get_added_tokens_decoder().items()
+                    if tok.content.strip("[]<>").lower() == "mask"), None)
+    if mask_id is None:
+        raise ValueError("tapt_epochs > 0 needs a tokenizer with a mask token ([MASK] or <mask>)")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a base without a masked-LM head is expected here: no load report
+    try:
+        mlm = AutoModelForMaskedLM.from_pretrained(cfg.base_path, local_files_only=True)
+    except ValueError as exc:
+        raise ValueError(f"tapt_epochs > 0 needs a base with a masked-LM architecture: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    mlm.to(device).train()
+    # The masked-LM head is the one child module beside the encoder (BERT's `cls`, RoBERTa's `lm_head`).
+    heads = [m for _, m in mlm.named_children() if m is not mlm.base_model]
+    head = heads[0] if len(heads) == 1 else None
+    vocab = mlm.get_input_embeddings().num_embeddings
+    gen = np.random.default_rng(cfg.seed)
+    batch_size = 32
+    steps_per_epoch = math.ceil(len(encoded) / batch_size)
+    total = steps_per_epoch * cfg.tapt_epochs
+    warmup = max(1, int(0.06 * total))
+    optimizer = torch.optim.AdamW(mlm.parameters(), lr=cfg.tapt_learning_rate, weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+    losses = []
+    for _ in range(cfg.tapt_epochs):
+        order = gen.permutation(len(encoded))
+        for b in range(0, len(order), batch_size):
+            batch = collate([encoded[i] for i in order[b : b + batch_size]], encoder.pad_id)
+            ids = batch["input_ids"].copy()
+            candidates = batch["attention_mask"].astype(bool) & ~np.isin(ids, list(specials))
+            chosen = candidates & (gen.random(ids.shape) < 0.15)
+            if not chosen.any():
+                continue
+            labels = np.where(chosen, ids, IGNORE)
+            roll = gen.random(ids.shape)
+            ids[chosen & (roll < 0.8)] = mask_id
+            swap = chosen & (roll >= 0.8) & (roll < 0.9)
+            ids[swap] = gen.integers(0, vocab, size=int(swap.sum()))
+            inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"], "labels": labels}
+            if "token_type_ids" in batch and mlm.config.type_vocab_size > 1:
+                inputs["token_type_ids"] = batch["token_type_ids"]
+            inputs = _to(inputs, device)
+            if head is None:
+                loss = mlm(**inputs).loss
+            else:  # the vocabulary projection only where a token was chosen: ~7x less work than everywhere
+                labels_t = inputs.pop("labels")
+                hidden = mlm.base_model(**inputs).last_hidden_state
+                picked = labels_t != IGNORE
+                loss = torch.nn.functional.cross_entropy(head(hidden[picked]), labels_t[picked])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        if progress:
+            print(f"tapt epoch: masked-LM loss {np.mean(losses[-steps_per_epoch:]):.4f}", file=sys.stderr)
+    missing, unexpected = network.encoder.load_state_dict(mlm.base_model.state_dict(), strict=False)
+    if unexpected or any("pooler" not in k for k in missing):
+        raise ValueError(f"adapted encoder does not match the base: missing {missing}, unexpected {unexpected}")
+    return {"steps": len(losses), "loss": float(np.mean(losses[-steps_per_epoch:])) if losses else None}
 
 
 def split_probs(logits: np.ndarray, schema: Schema, temperatures: dict[str, float] | None = None) -> dict[str, np.ndarray]:
@@ -138,6 +226,39 @@ def split_probs(logits: np.ndarray, schema: Schema, temperatures: dict[str, floa
 
 def gold_lists(examples: Sequence[Example], schema: Schema) -> dict[str, list[str | None]]:
     return {t: [ex.labels.get(t) for ex in examples] for t in schema.target_names}
+
+
+def _average(states: Sequence[dict]) -> dict:
+    """Element-wise mean of state dicts; tensors equal in all of them (frozen, buffers) are kept as is."""
+    import torch
+
+    out = {}
+    for k, v in states[0].items():
+        if not v.is_floating_point() or all(torch.equal(v, s[k]) for s in states[1:]):
+            out[k] = v.clone()
+        else:
+            out[k] = sum(s[k] for s in states) / len(states)
+    return out
+
+
+def _greedy_soup(members: list[dict], evaluate_dev) -> tuple[dict, dict]:
+    """Average the members' weights greedily (Wortsman et al. 2022, "Model soups"): start from the
+    best member on dev and add each next-best member only if the average's dev F_avg does not drop.
+    Also records the dev F_avg of averaging the members' probabilities (an ensemble), for reference."""
+    ranked = sorted(range(len(members)), key=lambda i: -members[i]["dev_mean_f_avg"])
+    chosen = [ranked[0]]
+    score = members[ranked[0]]["dev_mean_f_avg"]
+    for i in ranked[1:]:
+        trial, _ = evaluate_dev(_average([members[j]["state"] for j in chosen + [i]]))
+        if trial >= score:
+            chosen, score = chosen + [i], trial
+    member_probs = [evaluate_dev(m["state"])[1] for m in members]
+    ensemble = {t: np.mean([p[t] for p in member_probs], axis=0) for t in member_probs[0]}
+    info = {"members": [{"seed": m["seed"], "dev_mean_f_avg": m["dev_mean_f_avg"], "best_epoch": m["best_epoch"]}
+                        for m in members],
+            "chosen": [members[j]["seed"] for j in chosen], "dev_mean_f_avg": score,
+            "ensemble_dev_mean_f_avg": evaluate_dev(probs=ensemble)[0]}
+    return _average([members[j]["state"] for j in chosen]), info
 
 
 def fit(
@@ -164,104 +285,143 @@ def fit(
     dev_enc = encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex])
     y_train = label_matrix(train_ex, schema)
     head_sizes = [len(t.labels) for t in schema.targets]
-    network = StanceNetwork.from_base(cfg.base_path, head_sizes, cfg.dropout)
+    device = cfg.torch_device()
+    network = StanceNetwork.from_base(cfg.base_path, head_sizes, cfg.dropout).to(device)
+    tapt = adapt_encoder(network, train_enc, encoder, cfg, device, progress) if cfg.tapt_epochs else None
+    if cfg.freeze_embeddings:
+        network.encoder.get_input_embeddings().weight.requires_grad_(False)
 
     weights = []
     for j, t in enumerate(schema.targets):
         if cfg.class_weighting:
             counts = np.bincount(y_train[:, j][y_train[:, j] >= 0], minlength=len(t.labels)).astype(float)
             w = np.where(counts > 0, counts.sum() / (len(t.labels) * np.maximum(counts, 1)), 0.0)
-            weights.append(torch.tensor(w, dtype=torch.float32))
+            weights.append(torch.tensor(w, dtype=torch.float32, device=device))
         else:
             weights.append(None)
 
-    optimizer = torch.optim.AdamW(_param_groups(network, cfg))
-    steps_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    member_steps = math.ceil(len(train_ex) / cfg.batch_size) * cfg.epochs
     if cfg.max_steps:
-        total = min(total, cfg.max_steps)
-    warmup = int(total * cfg.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-    )
-    rng = random.Random(cfg.seed)
-    # Exponential moving average of the weights (cfg.ema_decay > 0): dev scores, early stopping and the
-    # kept weights all use the average, which is smoother than the last step's weights on small data.
-    ema = {k: v.detach().clone() for k, v in network.state_dict().items()} if cfg.ema_decay else None
-    best_state, best_score, best_epoch, bad_epochs, step = None, -1.0, 0, 0, 0
-    history = []
+        member_steps = min(member_steps, cfg.max_steps)
     # Redraw at most every 10 s when the output is a log file rather than a terminal.
-    bar = tqdm(total=total, desc="training", unit="step", disable=not progress, dynamic_ncols=True,
-               mininterval=0.1 if sys.stderr.isatty() else 10.0)
-    for epoch in range(1, cfg.epochs + 1):
-        network.train()
-        order = list(range(len(train_ex)))
-        rng.shuffle(order)
-        # Sort within chunks of 16 batches so padding stays small but batches stay random.
-        chunk = cfg.batch_size * 16
-        batches = []
-        for c in range(0, len(order), chunk):
-            part = sorted(order[c : c + chunk], key=lambda i: len(train_enc[i]))
-            batches += [part[b : b + cfg.batch_size] for b in range(0, len(part), cfg.batch_size)]
-        rng.shuffle(batches)
-        losses = []
-        for idx in batches:
+    bar = tqdm(total=member_steps * cfg.members, desc="training", unit="step", disable=not progress,
+               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
+
+    def evaluate_dev(state: dict | None = None, probs: dict | None = None) -> tuple[float, dict]:
+        """Dev mean F_avg of the network (after loading `state`), or of given probabilities."""
+        if probs is None:
+            if state is not None:
+                network.load_state_dict(state)
+            probs = split_probs(predict_logits(network, encoder, dev_enc), schema)
+        return evaluate_predictions(schema, gold_lists(dev_ex, schema), probs)["mean_f_avg"], probs
+
+    def train_member(member_seed: int) -> tuple[dict | None, float, int, list[dict]]:
+        """One fine-tuning run from the network's current weights; the best epoch's weights on dev."""
+        optimizer = torch.optim.AdamW(_param_groups(network, cfg))
+        total = member_steps
+        warmup = int(total * cfg.warmup_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+        )
+        rng = random.Random(member_seed)
+        # Exponential moving average of the weights (cfg.ema_decay > 0): dev scores, early stopping and the
+        # kept weights all use the average, which is smoother than the last step's weights on small data.
+        ema = {k: v.detach().clone() for k, v in network.state_dict().items()} if cfg.ema_decay else None
+        best_state, best_score, best_epoch, bad_epochs, step = None, -1.0, 0, 0, 0
+        history = []
+        for epoch in range(1, cfg.epochs + 1):
+            network.train()
+            order = list(range(len(train_ex)))
+            rng.shuffle(order)
+            # Sort within chunks of 16 batches so padding stays small but batches stay random.
+            chunk = cfg.batch_size * 16
+            batches = []
+            for c in range(0, len(order), chunk):
+                part = sorted(order[c : c + chunk], key=lambda i: len(train_enc[i]))
+                batches += [part[b : b + cfg.batch_size] for b in range(0, len(part), cfg.batch_size)]
+            rng.shuffle(batches)
+            losses = []
+            for idx in batches:
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
+                batch = collate([train_enc[i] for i in idx], encoder.pad_id)
+                logits = network(**_to(batch, device))
+                y = torch.from_numpy(y_train[idx]).to(device)
+                loss, start = logits.new_zeros(()), 0
+                for j, size in enumerate(head_sizes):
+                    mask = y[:, j] != IGNORE
+                    if mask.any():
+                        loss = loss + torch.nn.functional.cross_entropy(
+                            logits[:, start : start + size][mask], y[:, j][mask], weight=weights[j],
+                            label_smoothing=cfg.label_smoothing,
+                        )
+                    start += size
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], 1.0)
+                optimizer.step()
+                scheduler.step()
+                if ema is not None:
+                    decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short memory early on
+                    with torch.no_grad():
+                        for k, v in network.state_dict().items():
+                            if v.is_floating_point():
+                                ema[k].lerp_(v, 1.0 - decay)
+                            else:
+                                ema[k].copy_(v)
+                step += 1
+                losses.append(loss.item())
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.4f}")
+            if ema is not None:
+                live = {k: v.detach().clone() for k, v in network.state_dict().items()}
+                network.load_state_dict(ema)
+            dev_probs = split_probs(predict_logits(network, encoder, dev_enc), schema)
+            report = evaluate_predictions(schema, gold_lists(dev_ex, schema), dev_probs)
+            score = report["mean_f_avg"]
+            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else 0.0, "dev_mean_f_avg": score})
+            log.info("epoch %d: loss %.4f dev F_avg %.4f", epoch, history[-1]["train_loss"], score)
+            if progress:
+                bar.write(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, dev mean F_avg {100 * score:.2f}")
+            if score > best_score:
+                best_score, best_epoch, bad_epochs = score, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
+            else:
+                bad_epochs += 1
+            if ema is not None:
+                network.load_state_dict(live)
+            if bad_epochs >= cfg.patience:
+                break
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-            batch = collate([train_enc[i] for i in idx], encoder.pad_id)
-            logits = network(**{k: torch.from_numpy(v) for k, v in batch.items()})
-            y = torch.from_numpy(y_train[idx])
-            loss, start = logits.new_zeros(()), 0
-            for j, size in enumerate(head_sizes):
-                mask = y[:, j] != IGNORE
-                if mask.any():
-                    loss = loss + torch.nn.functional.cross_entropy(
-                        logits[:, start : start + size][mask], y[:, j][mask], weight=weights[j]
-                    )
-                start += size
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short memory early on
-                with torch.no_grad():
-                    for k, v in network.state_dict().items():
-                        if v.is_floating_point():
-                            ema[k].lerp_(v, 1.0 - decay)
-                        else:
-                            ema[k].copy_(v)
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.4f}")
-        if ema is not None:
-            live = {k: v.detach().clone() for k, v in network.state_dict().items()}
-            network.load_state_dict(ema)
-        dev_probs = split_probs(predict_logits(network, encoder, dev_enc), schema)
-        report = evaluate_predictions(schema, gold_lists(dev_ex, schema), dev_probs)
-        score = report["mean_f_avg"]
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else 0.0, "dev_mean_f_avg": score})
-        log.info("epoch %d: loss %.4f dev F_avg %.4f", epoch, history[-1]["train_loss"], score)
-        if progress:
-            bar.write(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, dev mean F_avg {100 * score:.2f}")
-        if score > best_score:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-        else:
-            bad_epochs += 1
-        if ema is not None:
-            network.load_state_dict(live)
-        if bad_epochs >= cfg.patience:
-            break
-        if cfg.max_steps and step >= cfg.max_steps:
-            break
+        return best_state, best_score, best_epoch, history
+
+    initial = {k: v.detach().clone() for k, v in network.state_dict().items()} if cfg.members > 1 else None
+    members = []
+    for m in range(cfg.members):
+        if m:  # the same starting weights (heads included); only data order and dropout differ
+            network.load_state_dict(initial)
+            _seed_everything(cfg.seed + 1000 * m)
+        state, score, epoch, member_history = train_member(cfg.seed + 1000 * m)
+        if state is not None and cfg.members > 1:
+            state = {k: v.cpu() for k, v in state.items()}
+        members.append({"seed": cfg.seed + 1000 * m, "state": state, "dev_mean_f_avg": score, "best_epoch": epoch,
+                        "history": member_history})
+    soup = None
+    if cfg.members == 1:
+        best_state, best_score, best_epoch, history = (
+            members[0][k] for k in ("state", "dev_mean_f_avg", "best_epoch", "history"))
+    else:
+        best_state, soup = _greedy_soup(members, evaluate_dev)
+        best_score, best_epoch = soup["dev_mean_f_avg"], members[0]["best_epoch"]
+        history = [dict(h, member=m["seed"]) for m in members for h in m["history"]]
     bar.close()
     if best_state is not None:
         network.load_state_dict(best_state)
-    network.eval()
-    return FitResult(network, encoder, tok_json, best_epoch, best_score, history, time.time() - started, scratch)
+    network.cpu().eval()  # saving, export and CPU inference follow
+    network.encoder.get_input_embeddings().weight.requires_grad_(True)
+    return FitResult(network, encoder, tok_json, best_epoch, best_score, history, time.time() - started, scratch, tapt,
+                     soup)
 
 
 def train(
@@ -332,6 +492,8 @@ def train(
             "data_size": {"train": len(train_ex), "dev": len(dev_ex)},
             "metrics": summary(report),
             "best_epoch": result.best_epoch,
+            **({"tapt": result.tapt} if result.tapt else {}),
+            **({"soup": result.soup} if result.soup else {}),
             "runtime": runtime,
             "train_seconds": round(result.seconds, 1),
             **(extra_metadata or {}),
