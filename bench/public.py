@@ -38,6 +38,16 @@ ANCHORS = {
 }
 
 
+def load_task(task: str):
+    """The task's training data and its own dev file (None when it has none), as `stancewatch train` reads them."""
+    from training.data import load_labelled
+
+    # P-Stance's train.csv labels a few identical tweets both ways: drop those, as `--drop-conflicts` does.
+    data = load_labelled([DATA / TASKS[task][0]], drop_conflicts=True)
+    dev = load_labelled([DATA / DEV_FILES[task]], schema=data.schema, drop_conflicts=True) if task in DEV_FILES else None
+    return data, dev
+
+
 def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
     """Child process: train on the task's train file, evaluate on its test file, write JSON."""
     home = tempfile.mkdtemp(prefix="stancewatch-public-")
@@ -51,12 +61,10 @@ def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
     from training.evaluate import evaluate_predictions
     from training.train import gold_lists, train
 
-    train_file, test_file = (DATA / p for p in TASKS[task])
+    test_file = DATA / TASKS[task][1]
     cfg = TrainConfig(**{**overrides, "seed": seed})
     started = time.time()
-    # P-Stance's train.csv labels a few identical tweets both ways: drop those, as `--drop-conflicts` does.
-    data = load_labelled([train_file], drop_conflicts=True)
-    dev = load_labelled([DATA / DEV_FILES[task]], schema=data.schema, drop_conflicts=True) if task in DEV_FILES else None
+    data, dev = load_task(task)
     result = train(data, cfg, dev=dev, progress=False, promote="always")
     seconds = time.time() - started
     model = StanceModel.load(result.tag)

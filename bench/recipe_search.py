@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from public import DATA, DEV_FILES, TASKS, parse_overrides  # noqa: E402
+from public import DATA, TASKS, load_task, parse_overrides  # noqa: E402
 
 GRID = [
     {"name": "default", "set": {}},
@@ -60,17 +60,12 @@ def run_one(task: str, name: str, overrides: dict, seed: int, threads: int) -> d
 
     torch.set_num_threads(threads)
     from training.config import TrainConfig
-    from training.data import load_labelled, stratified_split
     from training.evaluate import evaluate_predictions
-    from training.train import fit, gold_lists, predict_logits, split_probs
+    from training.train import fit, gold_lists, predict_logits, split_probs, training_split
 
     cfg = TrainConfig(**{**overrides, "seed": seed})
-    data = load_labelled([DATA / TASKS[task][0]], drop_conflicts=True)
-    if task in DEV_FILES:
-        train_ex = data.examples
-        dev_ex = load_labelled([DATA / DEV_FILES[task]], schema=data.schema, drop_conflicts=True).examples
-    else:
-        train_ex, dev_ex = stratified_split(data.examples, data.schema, cfg.dev_fraction, cfg.seed)
+    data, dev = load_task(task)
+    train_ex, dev_ex = training_split(data, cfg, dev)
     started = time.time()
     result = fit(train_ex, dev_ex, data.schema, cfg, progress=False)
     result.release_scratch()

@@ -148,9 +148,9 @@ def adapt_encoder(network, encoded, encoder: InputEncoder, cfg: TrainConfig, dev
     import torch
     from transformers import AutoModelForMaskedLM
 
-    specials = {i for i, tok in encoder.tokenizer.get_added_tokens_decoder().items() if tok.special}
-    mask_id = next((i for i, tok in encoder.tokenizer.get_added_tokens_decoder().items()
-                    if tok.content.strip("[]<>").lower() == "mask"), None)
+    added = encoder.tokenizer.get_added_tokens_decoder()
+    specials = {i for i, tok in added.items() if tok.special}
+    mask_id = next((i for i, tok in added.items() if tok.content.strip("[]<>").lower() == "mask"), None)
     if mask_id is None:
         raise ValueError("tapt_epochs > 0 needs a tokenizer with a mask token ([MASK] or <mask>)")
     from transformers.utils import logging as hf_logging
@@ -252,8 +252,7 @@ def _greedy_soup(members: list[dict], evaluate_dev) -> tuple[dict, dict]:
         trial, _ = evaluate_dev(_average([members[j]["state"] for j in chosen + [i]]))
         if trial >= score:
             chosen, score = chosen + [i], trial
-    member_probs = [evaluate_dev(m["state"])[1] for m in members]
-    ensemble = {t: np.mean([p[t] for p in member_probs], axis=0) for t in member_probs[0]}
+    ensemble = {t: np.mean([m["dev_probs"][t] for m in members], axis=0) for t in members[0]["dev_probs"]}
     info = {"members": [{"seed": m["seed"], "dev_mean_f_avg": m["dev_mean_f_avg"], "best_epoch": m["best_epoch"]}
                         for m in members],
             "chosen": [members[j]["seed"] for j in chosen], "dev_mean_f_avg": score,
@@ -307,15 +306,17 @@ def fit(
     bar = tqdm(total=member_steps * cfg.members, desc="training", unit="step", disable=not progress,
                dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
 
+    dev_gold = gold_lists(dev_ex, schema)
+
     def evaluate_dev(state: dict | None = None, probs: dict | None = None) -> tuple[float, dict]:
         """Dev mean F_avg of the network (after loading `state`), or of given probabilities."""
         if probs is None:
             if state is not None:
                 network.load_state_dict(state)
             probs = split_probs(predict_logits(network, encoder, dev_enc), schema)
-        return evaluate_predictions(schema, gold_lists(dev_ex, schema), probs)["mean_f_avg"], probs
+        return evaluate_predictions(schema, dev_gold, probs)["mean_f_avg"], probs
 
-    def train_member(member_seed: int) -> tuple[dict | None, float, int, list[dict]]:
+    def train_member(member_seed: int) -> dict:
         """One fine-tuning run from the network's current weights; the best epoch's weights on dev."""
         optimizer = torch.optim.AdamW(_param_groups(network, cfg))
         total = member_steps
@@ -327,7 +328,7 @@ def fit(
         # Exponential moving average of the weights (cfg.ema_decay > 0): dev scores, early stopping and the
         # kept weights all use the average, which is smoother than the last step's weights on small data.
         ema = {k: v.detach().clone() for k, v in network.state_dict().items()} if cfg.ema_decay else None
-        best_state, best_score, best_epoch, bad_epochs, step = None, -1.0, 0, 0, 0
+        best_state, best_probs, best_score, best_epoch, bad_epochs, step = None, None, -1.0, 0, 0, 0
         history = []
         for epoch in range(1, cfg.epochs + 1):
             network.train()
@@ -376,15 +377,13 @@ def fit(
             if ema is not None:
                 live = {k: v.detach().clone() for k, v in network.state_dict().items()}
                 network.load_state_dict(ema)
-            dev_probs = split_probs(predict_logits(network, encoder, dev_enc), schema)
-            report = evaluate_predictions(schema, gold_lists(dev_ex, schema), dev_probs)
-            score = report["mean_f_avg"]
+            score, dev_probs = evaluate_dev()
             history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else 0.0, "dev_mean_f_avg": score})
             log.info("epoch %d: loss %.4f dev F_avg %.4f", epoch, history[-1]["train_loss"], score)
             if progress:
                 bar.write(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, dev mean F_avg {100 * score:.2f}")
             if score > best_score:
-                best_score, best_epoch, bad_epochs = score, epoch, 0
+                best_score, best_epoch, best_probs, bad_epochs = score, epoch, dev_probs, 0
                 best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
             else:
                 bad_epochs += 1
@@ -394,7 +393,8 @@ def fit(
                 break
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-        return best_state, best_score, best_epoch, history
+        return {"seed": member_seed, "state": best_state, "dev_probs": best_probs, "dev_mean_f_avg": best_score,
+                "best_epoch": best_epoch, "history": history}
 
     initial = {k: v.detach().clone() for k, v in network.state_dict().items()} if cfg.members > 1 else None
     members = []
@@ -402,11 +402,10 @@ def fit(
         if m:  # the same starting weights (heads included); only data order and dropout differ
             network.load_state_dict(initial)
             _seed_everything(cfg.seed + 1000 * m)
-        state, score, epoch, member_history = train_member(cfg.seed + 1000 * m)
-        if state is not None and cfg.members > 1:
-            state = {k: v.cpu() for k, v in state.items()}
-        members.append({"seed": cfg.seed + 1000 * m, "state": state, "dev_mean_f_avg": score, "best_epoch": epoch,
-                        "history": member_history})
+        member = train_member(cfg.seed + 1000 * m)
+        if member["state"] is not None and cfg.members > 1:  # off the GPU while the others train
+            member["state"] = {k: v.cpu() for k, v in member["state"].items()}
+        members.append(member)
     soup = None
     if cfg.members == 1:
         best_state, best_score, best_epoch, history = (
@@ -422,6 +421,13 @@ def fit(
     network.encoder.get_input_embeddings().weight.requires_grad_(True)
     return FitResult(network, encoder, tok_json, best_epoch, best_score, history, time.time() - started, scratch, tapt,
                      soup)
+
+
+def training_split(data: LabelledData, cfg: TrainConfig, dev: LabelledData | None = None):
+    """(train examples, dev examples): `dev` when given, else a stratified split of `data` by cfg.seed."""
+    if dev is None:
+        return stratified_split(data.examples, data.schema, cfg.dev_fraction, cfg.seed)
+    return data.examples, dev.examples
 
 
 def train(
@@ -442,10 +448,7 @@ def train(
     from model.predictor import StanceModel, set_temperatures, write_artifact
 
     schema = data.schema
-    if dev is None:
-        train_ex, dev_ex = stratified_split(data.examples, schema, cfg.dev_fraction, cfg.seed)
-    else:
-        train_ex, dev_ex = data.examples, dev.examples
+    train_ex, dev_ex = training_split(data, cfg, dev)
     if not train_ex or not dev_ex:
         raise ValueError(f"need training and dev examples, got {len(train_ex)} and {len(dev_ex)}")
     result = fit(train_ex, dev_ex, schema, cfg, progress=progress)
