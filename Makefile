@@ -8,7 +8,7 @@ export BENTOML_DO_NOT_TRACK := True
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup serve test test-fast
+.PHONY: setup serve test test-fast corpus
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,3 +30,8 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
+
+# Rebuild the news-genre CSVs from the hand-written articles and the adjudicated labels.
+corpus: setup
+	$(PY) -m training.corpus build training/data/news_train.csv training/data/articles/train/*.txt --decisions docs/annotation/decisions/*.tsv
+	$(PY) -m training.corpus build training/data/news_test.csv training/data/articles/test/*.txt --decisions docs/annotation/decisions/*.tsv

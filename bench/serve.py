@@ -51,8 +51,11 @@ def pick_sentences(model, n: int, tokens: int = 30) -> list[str]:
     """Corpus sentences closest to `tokens` tokens (special tokens included)."""
     from training.data import DEFAULT_CORPUS
 
-    with open(DEFAULT_CORPUS, newline="", encoding="utf-8") as fh:
-        texts = sorted({row["text"] for row in csv.DictReader(fh) if row["text"].strip()})
+    texts: set[str] = set()
+    for path in DEFAULT_CORPUS:
+        with open(path, newline="", encoding="utf-8") as fh:
+            texts |= {row["text"] for row in csv.DictReader(fh) if row["text"].strip()}
+    texts = sorted(texts)
     lengths = [len(e) for e in model.encoder.encode(texts)]
     ranked = sorted(zip(texts, lengths), key=lambda p: (abs(p[1] - tokens), p[0]))[:n]
     return [t for t, _ in ranked]

@@ -45,8 +45,8 @@ def default_threads() -> int:
 
 @dataclass
 class TargetStance:
-    label: str
-    probs: dict[str, float]
+    label: str | None  # None: the sentence is in a language the model does not read
+    probs: dict[str, float] | None
 
 
 @dataclass
@@ -54,13 +54,38 @@ class Prediction:
     text: str
     truncated: bool
     stances: dict[str, TargetStance] = field(default_factory=dict)
+    language: str | None = None  # ISO 639-1 (model/language.py); None for text without letters
+    supported: bool = True  # False: no labels, since the model was not trained on this language
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
             "truncated": self.truncated,
+            "language": self.language,
+            "supported": self.supported,
             "stances": {t: {"label": s.label, "probs": s.probs} for t, s in self.stances.items()},
         }
+
+
+@dataclass
+class Readings:
+    """What the model says about a list of sentences, in input order.
+
+    `probs[j]` is target j's (n, labels) array; rows of unsupported sentences are NaN (never run).
+    """
+
+    probs: list[np.ndarray]
+    truncated: list[bool]
+    language: list[str | None]
+    supported: list[bool]
+
+    def label_ids(self, j: int) -> np.ndarray:
+        """Target j's argmax per sentence; -1 where the sentence is unsupported."""
+        p = self.probs[j]
+        if not len(p):
+            return np.zeros(0, dtype=np.int64)
+        ids = np.nan_to_num(p, nan=-1.0).argmax(axis=1)
+        return np.where(np.asarray(self.supported, dtype=bool), ids, -1)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -91,6 +116,7 @@ def write_artifact(
     max_length: int,
     base_model: str,
     temperatures: dict[str, float] | None = None,
+    languages: Sequence[str] | None = None,
 ) -> None:
     """Write a trained `StanceNetwork` and everything needed to run it into `folder`."""
     from safetensors.torch import save_file
@@ -109,6 +135,8 @@ def write_artifact(
         "base_model": base_model,
         "temperatures": {t.name: float((temperatures or {}).get(t.name, 1.0)) for t in schema.targets},
     }
+    if languages is not None:  # the languages of the training texts (model/language.py)
+        settings["languages"] = list(languages)
     (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
 
@@ -181,6 +209,9 @@ class StanceModel:
         self.max_batch = 128
         self.backend = self._make_backend(backend, precision)
         self.pad_step = getattr(self.backend, "length_step", 1)
+        # Languages the model was trained on (recorded by training); None for artefacts made before
+        # that was recorded, which are trusted with every language as they always were.
+        self.languages: list[str] | None = self.settings.get("languages")
 
     def _make_backend(self, backend: str, precision: str | None):
         if backend not in BACKENDS:
@@ -255,17 +286,43 @@ class StanceModel:
         encoded = self.encoder.encode(sentences, contexts)
         return self.probabilities(self.logits(encoded)), [e.truncated for e in encoded]
 
+    def read(self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None) -> Readings:
+        """Detect each sentence's language, run the model on the ones it reads, leave the rest NaN."""
+        from model.language import detect_languages, supported_flags
+
+        if contexts is not None and len(contexts) != len(sentences):
+            raise ValueError(f"got {len(contexts)} contexts for {len(sentences)} sentences")
+        languages = detect_languages(sentences, prefer=self.languages)
+        supported = supported_flags(languages, self.languages)
+        keep = [i for i, ok in enumerate(supported) if ok]
+        if len(keep) == len(sentences):
+            probs, truncated = self.predict_arrays(sentences, contexts)
+        else:
+            part, part_trunc = self.predict_arrays([sentences[i] for i in keep],
+                                                   None if contexts is None else [contexts[i] for i in keep])
+            probs = [np.full((len(sentences), size), np.nan, dtype=np.float32) for size in self.head_sizes]
+            truncated = [False] * len(sentences)
+            for full, p in zip(probs, part):
+                full[keep] = p
+            for i, t in zip(keep, part_trunc):
+                truncated[i] = t
+        return Readings(probs, truncated, languages, supported)
+
     def predict(self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[Prediction]:
-        """Label every sentence for every target; `contexts[i]` is the sentence before sentence i."""
-        probs, truncated = self.predict_arrays(sentences, contexts)
+        """Label every sentence for every target; `contexts[i]` is the sentence before sentence i.
+
+        A sentence in a language the model was not trained on gets no labels (label and probs None).
+        """
+        r = self.read(sentences, contexts)
         results = []
         for i, text in enumerate(sentences):
             stances = {}
-            for target, p in zip(self.schema.targets, probs):
+            for target, p in zip(self.schema.targets, r.probs):
                 row = p[i]
-                stances[target.name] = TargetStance(
-                    label=target.labels[int(row.argmax())],
-                    probs={lab: round(float(v), 6) for lab, v in zip(target.labels, row)},
-                )
-            results.append(Prediction(text=text, truncated=truncated[i], stances=stances))
+                stances[target.name] = (
+                    TargetStance(label=target.labels[int(row.argmax())],
+                                 probs={lab: round(float(v), 6) for lab, v in zip(target.labels, row)})
+                    if r.supported[i] else TargetStance(label=None, probs=None))
+            results.append(Prediction(text=text, truncated=r.truncated[i], stances=stances,
+                                      language=r.language[i], supported=r.supported[i]))
         return results

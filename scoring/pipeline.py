@@ -153,31 +153,45 @@ def _prefetched(chunks: Iterator[Chunk], depth: int) -> Iterator[Chunk]:
 
 
 def predict_table(model, chunk: Chunk, schema: pa.Schema) -> tuple[pa.Table, list[np.ndarray]]:
-    """Score a chunk's sentences: the flat sentence table and the per-target label indices."""
-    probs, truncated = model.predict_arrays(chunk.text, chunk.context)
+    """Score a chunk's sentences: the flat sentence table and the per-target label indices.
+
+    A sentence in a language the model does not read has `supported` false, empty labels and
+    probabilities, and label index -1.
+    """
+    r = model.read(chunk.text, chunk.context)
+    supported = np.asarray(r.supported, dtype=bool)
     cols: dict[str, object] = {"doc_id": chunk.doc_id, "source": chunk.source, "sentence_index": chunk.index,
-                               "start": chunk.start, "end": chunk.end, "text": chunk.text, "truncated": truncated}
+                               "start": chunk.start, "end": chunk.end, "text": chunk.text, "truncated": r.truncated,
+                               "language": r.language, "supported": r.supported}
     label_ids = []
-    for target, p in zip(model.schema.targets, probs):
-        ids = p.argmax(axis=1) if len(p) else np.zeros(0, dtype=np.int64)
+    for j, (target, p) in enumerate(zip(model.schema.targets, r.probs)):
+        ids = r.label_ids(j)
         label_ids.append(ids)
-        cols[target.name] = np.asarray(target.labels, dtype=object)[ids] if len(p) else []
+        names = np.asarray(target.labels, dtype=object)[np.maximum(ids, 0)] if len(p) else np.zeros(0, dtype=object)
+        cols[target.name] = pa.array(names, type=pa.string(), mask=~supported) if len(p) else []
         rounded = np.round(p.astype(np.float64), 6)  # as the service and `StanceModel.predict` report them
-        for j, label in enumerate(target.labels):
-            cols[f"p_{target.name}_{label}"] = rounded[:, j]
+        for k, label in enumerate(target.labels):
+            cols[f"p_{target.name}_{label}"] = pa.array(rounded[:, k], type=pa.float64(), mask=~supported) if len(p) else []
     return pa.Table.from_pydict(cols, schema=schema), label_ids
 
 
 def doc_table(model, chunk: Chunk, label_ids: list[np.ndarray], schema: pa.Schema) -> pa.Table:
-    """Per document: its sentence count and, per target, the share of its sentences with each label."""
+    """Per document: its sentence count, how many were unsupported, and per target the share of its
+    supported sentences with each label."""
     counts = np.array([n for _, _, n in chunk.docs], dtype=np.int64)
     owner = np.repeat(np.arange(len(counts)), counts)  # sentence -> document row
     cols: dict[str, object] = {"doc_id": [d for d, _, _ in chunk.docs], "source": [s for _, s, _ in chunk.docs],
                                "sentences": counts}
+    unsupported = np.zeros(len(counts), dtype=np.int64)
+    if label_ids:
+        np.add.at(unsupported, owner, (label_ids[0] < 0).astype(np.int64))
+    cols["unsupported"] = unsupported
+    read = np.maximum(counts - unsupported, 1)
     for target, ids in zip(model.schema.targets, label_ids):
         hits = np.zeros((len(counts), len(target.labels)))
-        np.add.at(hits, (owner, ids), 1)
-        shares = np.round(hits / np.maximum(counts, 1)[:, None], 6)
+        ok = ids >= 0
+        np.add.at(hits, (owner[ok], ids[ok]), 1)
+        shares = np.round(hits / read[:, None], 6)
         for j, label in enumerate(target.labels):
             cols[f"share_{target.name}_{label}"] = shares[:, j]
     return pa.Table.from_pydict(cols, schema=schema)

@@ -200,7 +200,7 @@ class _DocStats:
 
     def __init__(self, targets):
         self.targets = targets
-        self.docs: dict[int, list] = {}  # _item -> [doc_id, source, count, hits per target]
+        self.docs: dict[int, list] = {}  # _item -> [doc_id, source, count, hits per target, unsupported]
 
     def add(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -210,28 +210,33 @@ class _DocStats:
         counts = np.bincount(inverse, minlength=len(uniq))
         doc_ids = table.column("doc_id").take(pa.array(first)).to_pylist()
         sources = table.column("source").take(pa.array(first)).to_pylist()
+        unsupported = np.bincount(inverse, weights=~table.column("supported").to_numpy(zero_copy_only=False),
+                                  minlength=len(uniq))
         per_target = []
         for t in self.targets:
             index = {label: j for j, label in enumerate(t.labels)}
-            ids = np.array([index[v] for v in table.column(t.name).to_pylist()], dtype=np.int64)
+            ids = np.array([index.get(v, -1) for v in table.column(t.name).to_pylist()], dtype=np.int64)
+            ok = ids >= 0  # unsupported sentences carry no label
             hits = np.zeros((len(uniq), len(t.labels)))
-            np.add.at(hits, (inverse, ids), 1)
+            np.add.at(hits, (inverse[ok], ids[ok]), 1)
             per_target.append(hits)
         for k, item in enumerate(uniq.tolist()):
             entry = self.docs.setdefault(item, [doc_ids[k], sources[k], 0,
-                                                [np.zeros(len(t.labels)) for t in self.targets]])
+                                                [np.zeros(len(t.labels)) for t in self.targets], 0])
             entry[2] += int(counts[k])
+            entry[4] += int(unsupported[k])
             for acc, hits in zip(entry[3], per_target):
                 acc += hits[k]
 
     def table(self, schema: pa.Schema) -> pa.Table:
         keys = sorted(self.docs)
         cols: dict[str, list] = {"doc_id": [self.docs[k][0] for k in keys], "source": [self.docs[k][1] for k in keys],
-                                 "sentences": [self.docs[k][2] for k in keys]}
+                                 "sentences": [self.docs[k][2] for k in keys],
+                                 "unsupported": [self.docs[k][4] for k in keys]}
         for ti, t in enumerate(self.targets):
             for j, label in enumerate(t.labels):
                 cols[f"share_{t.name}_{label}"] = [
-                    float(np.round(self.docs[k][3][ti][j] / max(self.docs[k][2], 1), 6)) for k in keys]
+                    float(np.round(self.docs[k][3][ti][j] / max(self.docs[k][2] - self.docs[k][4], 1), 6)) for k in keys]
         self.docs = {}
         return pa.Table.from_pydict(cols, schema=schema)
 

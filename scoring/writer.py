@@ -39,7 +39,8 @@ def output_format(path: Path) -> str:
 def sentence_schema(targets) -> pa.Schema:
     """Sentence rows: position and text, then per target its label and one probability per label."""
     fields = [("doc_id", pa.string()), ("source", pa.string()), ("sentence_index", pa.int32()),
-              ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string()), ("truncated", pa.bool_())]
+              ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string()), ("truncated", pa.bool_()),
+              ("language", pa.string()), ("supported", pa.bool_())]
     for t in targets:
         fields.append((t.name, pa.string()))
         fields += [(f"p_{t.name}_{label}", pa.float64()) for label in t.labels]
@@ -47,8 +48,9 @@ def sentence_schema(targets) -> pa.Schema:
 
 
 def doc_schema(targets) -> pa.Schema:
-    """Document rows: id, source, sentence count, then the share of sentences with each label."""
-    fields = [("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.int32())]
+    """Document rows: id, source, sentence count, unsupported-language sentences, then the share of the
+    supported sentences with each label."""
+    fields = [("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.int32()), ("unsupported", pa.int32())]
     for t in targets:
         fields += [(f"share_{t.name}_{label}", pa.float64()) for label in t.labels]
     return pa.schema(fields)

@@ -71,13 +71,15 @@ class DocumentRequest(_Request):
 
 
 class Stance(BaseModel):
-    label: str
-    probs: dict[str, float]
+    label: Optional[str] = Field(description="null when the sentence's language is not supported")
+    probs: Optional[dict[str, float]] = Field(description="null when the sentence's language is not supported")
 
 
 class SentenceResult(BaseModel):
     text: str
     truncated: bool
+    language: Optional[str] = Field(None, description="ISO 639-1 code detected for the sentence; null: no letters")
+    supported: bool = Field(True, description="false: the model was not trained on this language and gives no labels")
     stances: dict[str, Stance]
 
 
@@ -93,9 +95,10 @@ class DocumentSentence(SentenceResult):
 
 
 class TargetSummary(BaseModel):
-    counts: dict[str, int]
-    shares: dict[str, float]
-    mean_probs: dict[str, float]
+    counts: dict[str, int] = Field(description="labels of the supported sentences")
+    shares: dict[str, float] = Field(description="share of the supported sentences with each label")
+    mean_probs: dict[str, float] = Field(description="mean probabilities over the supported sentences")
+    unsupported: int = Field(0, description="sentences in a language the model does not read (not in the counts)")
 
 
 class DocumentResponse(BaseModel):

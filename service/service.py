@@ -97,6 +97,9 @@ class StanceService:
 
         self.backend_choice = BACKEND
         self.model = StanceModel(Path(self.model_ref.path), backend=BACKEND, threads=THREADS, tag=str(self.model_ref.tag))
+        from model.language import detect_languages
+
+        detect_languages(["Load the language models now, not in the first request."])  # ~2 s, once
         self.tag = self.model.tag
         self.batcher = MicroBatcher(self._run_batch, max_items=BATCH_ITEMS, gather_ms=GATHER_MS,
                                     thread_init=getattr(self.model.backend, "thread_init", None))
@@ -134,15 +137,18 @@ class StanceService:
         return DocumentResponse(model=self.tag, id=id, sentences=sentences, summary=self.summarise(results))
 
     def summarise(self, results: list[dict]) -> dict[str, dict]:
-        """Per target: how many sentences got each label, their share, and the mean probabilities."""
-        n, out = len(results), {}
+        """Per target: how many supported sentences got each label, their share, the mean probabilities,
+        and how many sentences were in a language the model does not read (counted apart)."""
+        read = [r for r in results if r["supported"]]
+        n, out = max(1, len(read)), {}
         for target in self.model.schema.targets:
-            counts = {lab: sum(r["stances"][target.name]["label"] == lab for r in results) for lab in target.labels}
+            counts = {lab: sum(r["stances"][target.name]["label"] == lab for r in read) for lab in target.labels}
             out[target.name] = {
                 "counts": counts,
                 "shares": {lab: round(c / n, 6) for lab, c in counts.items()},
-                "mean_probs": {lab: round(sum(r["stances"][target.name]["probs"][lab] for r in results) / n, 6)
+                "mean_probs": {lab: round(sum(r["stances"][target.name]["probs"][lab] for r in read) / n, 6)
                                for lab in target.labels},
+                "unsupported": len(results) - len(read),
             }
         return out
 

@@ -106,7 +106,7 @@ def train(
                else TrainConfig(**{k: v for k, v in overrides.items() if v is not None}))
     except (ValueError, TypeError, OSError) as exc:
         _fail(str(exc), 2)
-    paths = list(data) if data else [DEFAULT_CORPUS]
+    paths = list(data) if data else list(DEFAULT_CORPUS)
     extra_metadata = {}
     if merge:
         labelled, extra_metadata = _merge_with_production(paths, schema, drop_conflicts)
@@ -144,7 +144,8 @@ def _merge_with_production(paths: list[Path], schema_file: Optional[Path], drop_
         _fail(f"--merge needs a production (or latest) version: {exc}")
     folder = Path(prod.path)
     prod_schema = Schema.load(folder / "schema.json")
-    stored = [folder / "data" / "train.jsonl", folder / "data" / "dev.jsonl"]
+    stored = [folder / "data" / name for name in ("train.jsonl", "dev.jsonl", "calibration.jsonl")
+              if (folder / "data" / name).exists() or name == "train.jsonl"]
     if not stored[0].exists():
         _fail(f"{prod.tag} carries no training data (trained before data was stored with versions)")
     try:
@@ -241,7 +242,7 @@ def predict(
         cells = []
         for name in m.schema.target_names:
             s = p.stances[name]
-            cells.append(f"{s.label} ({s.probs[s.label]:.2f})")
+            cells.append(f"{s.label} ({s.probs[s.label]:.2f})" if p.supported else f"- (language {p.language}: not read)")
         table.add_row(str(i), p.text + (" [truncated]" if p.truncated else ""), *cells)
     console.print(table)
 
@@ -253,15 +254,26 @@ def crossval(
     folds: int = typer.Option(5, "--folds"),
     config: Optional[Path] = typer.Option(None, "--config"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here."),
+    by_article: Optional[bool] = typer.Option(
+        None, "--by-article/--by-sentence",
+        help="Folds of whole articles (doc_id column) or of sentences; default: by article when the data has doc_id."),
 ) -> None:
     """k-fold cross-validation of the training recipe; saves no model."""
     from training.config import TrainConfig
     from training.crossval import cross_validate
-    from training.data import DEFAULT_CORPUS
+    from training.data import DEFAULT_CORPUS, has_groups
 
-    labelled = _load_data(list(data) if data else [DEFAULT_CORPUS], schema, False)
+    labelled = _load_data(list(data) if data else list(DEFAULT_CORPUS), schema, False)
     cfg = TrainConfig.from_file(config) if config else TrainConfig()
-    result = cross_validate(labelled, cfg, folds=folds)
+    if by_article is None:
+        by_article = has_groups(labelled.examples)
+    if by_article and not has_groups(labelled.examples):
+        _fail("--by-article needs a doc_id column naming each sentence's article", 2)
+    console.print(f"{folds}-fold cross-validation, folds {'by article' if by_article else 'by sentence'}", highlight=False)
+    try:
+        result = cross_validate(labelled, cfg, folds=folds, by_article=by_article)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     for name, t in result["targets"].items():
         console.print(f"{name}: F_avg {100 * t['f_avg_mean']:.2f} ± {100 * t['f_avg_std']:.2f}, "
                       f"macro-F1 {100 * t['macro_f1_mean']:.2f} ± {100 * t['macro_f1_std']:.2f}", highlight=False)
@@ -304,17 +316,50 @@ def suggest(
 @app.command()
 def init(
     force: bool = typer.Option(False, "--force", help="Train even if the store already has a model."),
+    background: bool = typer.Option(
+        True, "--background/--no-background",
+        help="After the quick first model, train the full recipe in the background (the service follows production)."),
 ) -> None:
-    """Train the default model on the bundled corpus if the store has no model yet."""
+    """Train the default model on the bundled corpus if the store has no model yet.
+
+    A first start trains the quick recipe (training/config.py FIRST_START: one epoch) so the service can
+    answer within minutes, then starts the full default recipe as a background process at low CPU
+    priority. When it finishes it goes through the usual promotion gate, and a running service
+    switches to it by itself (STANCEWATCH_RELOAD_SECONDS).
+    """
     from model import store
+    from training.config import FIRST_START
 
     versions = store.list_versions()
     if versions and not force:
         console.print(f"model store already has {len(versions)} version(s); production: "
                       f"{store.production_tag() or str(versions[0].tag) + ' (latest)'}", highlight=False)
         return
-    train(data=None, dev=None, schema=None, base_model=None, config=None, epochs=None, seed=None, max_steps=None,
-          class_weighting=None, device=None, members=None, drop_conflicts=False, merge=False, promote="auto", margin=0.5)
+    console.print(f"first start: training the quick recipe ({', '.join(f'{k}={v}' for k, v in FIRST_START.items())})",
+                  highlight=False)
+    train(data=None, dev=None, schema=None, base_model=None, config=None, epochs=FIRST_START["epochs"], seed=None,
+          max_steps=None, class_weighting=None, device=None, members=None, drop_conflicts=False, merge=False,
+          promote="auto", margin=0.5)
+    if background:
+        _train_in_background()
+
+
+def _train_in_background() -> None:
+    """Start `stancewatch train` (the full default recipe) detached, niced, logging to the store."""
+    import subprocess
+
+    from model import store
+
+    home = store.bentoml_home()
+    home.mkdir(parents=True, exist_ok=True)
+    log_path = home / "stancewatch-full-training.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            ["nice", "-n", "10", sys.executable, "-c", "from stancewatch.cli import main; main()", "train"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
+    (home / "stancewatch-full-training.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
+    console.print(f"full recipe training in the background (PID {proc.pid}, log {log_path}); the service switches to it "
+                  "when it passes the promotion gate", highlight=False)
 
 
 # ---- models ---------------------------------------------------------------------------------
@@ -401,15 +446,18 @@ def serve(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Serve the HTTP API with BentoML."""
-    import subprocess
-
     env = dict(os.environ)
     env["STANCEWATCH_BACKEND"] = backend
     if model:
         env["STANCEWATCH_MODEL"] = model
     root = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:StanceService", "--host", host, "--port", str(port)]
-    raise typer.Exit(subprocess.call(cmd, env=env, cwd=root))
+    # Replace this process with the server, so a SIGTERM to this PID (systemd, a container runtime)
+    # reaches `bentoml serve` itself instead of orphaning it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(root)
+    os.execve(sys.executable, cmd, env)
 
 
 @app.command()

@@ -60,7 +60,7 @@ def test_eval_and_models_commands(tiny_model, tiny_csv, tmp_path):
     result = runner.invoke(app, ["models", "list"])
     assert result.exit_code == 0 and tiny_model.tag.split(":")[1][:8] in result.output
     result = runner.invoke(app, ["models", "show", tiny_model.tag])
-    assert result.exit_code == 0 and "Dev-set evaluation" in result.output
+    assert result.exit_code == 0 and "Held-out evaluation" in result.output
 
 
 def test_labels_check(tiny_csv, tmp_path):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from training.data import DEFAULT_CORPUS, DataValidationError, load_labelled, stratified_split
+from training.data import DATA_DIR, DEFAULT_CORPUS, DataValidationError, load_labelled, stratified_split
 
 
 def write_csv(path, header, rows):
@@ -143,7 +143,7 @@ def test_unsupported_and_missing_files(tmp_path):
 
 
 def test_default_corpus_follows_the_brief():
-    d = load_labelled([DEFAULT_CORPUS])
+    d = load_labelled([DATA_DIR / "default_corpus.csv"])  # the v1 sentences (news articles: test_corpus.py)
     assert len(d.examples) >= 800
     combos = {(e.labels["taiwan_policy"], e.labels["external_pressure"]) for e in d.examples}
     assert len(combos) == 9
@@ -154,11 +154,11 @@ def test_default_corpus_follows_the_brief():
 
 
 def test_stratified_split_is_deterministic_and_disjoint():
-    d = load_labelled([DEFAULT_CORPUS])
+    d = load_labelled(DEFAULT_CORPUS)
     tr1, dv1 = stratified_split(d.examples, d.schema, 0.15, seed=3)
     tr2, dv2 = stratified_split(d.examples, d.schema, 0.15, seed=3)
     assert [e.text for e in dv1] == [e.text for e in dv2]
-    assert not {e.text for e in tr1} & {e.text for e in dv1}
+    assert not {(e.text, e.context) for e in tr1} & {(e.text, e.context) for e in dv1}
     assert abs(len(dv1) - 0.15 * len(d.examples)) <= 2
 
 
@@ -200,3 +200,24 @@ def test_argilla_records(tmp_path):
     p.write_text(json.dumps(records[:1]), encoding="utf-8")
     d = load_labelled([p])
     assert d.examples[0].labels == {"taiwan_policy": "against", "external_pressure": "favor"}
+
+
+def test_a_user_schema_with_capitalised_labels_accepts_its_own_labels(tmp_path):
+    from model.schema import Schema
+
+    schema_file = tmp_path / "schema.yaml"
+    schema_file.write_text("neutral_label: Neutral\ntargets:\n  - name: climate\n"
+                           "    labels: {Pro: supports, Con: opposes, Neutral: none}\n", encoding="utf-8")
+    data_file = tmp_path / "d.csv"
+    data_file.write_text("text,climate\nCut emissions now.,Pro\nDrill everywhere.,con\nIt rained.,Neutral\n",
+                         encoding="utf-8")
+    d = load_labelled([data_file], schema=Schema.load(schema_file))
+    assert [e.labels["climate"] for e in d.examples] == ["Pro", "Con", "Neutral"]  # the schema's spelling
+
+
+def test_label_studio_export_with_a_bom_and_leading_white_space(tmp_path):
+    tasks = [{"data": {"text": "Tokyo will not back down."}, "annotations": [
+        {"result": [{"from_name": "taiwan_policy", "type": "choices", "value": {"choices": ["favor"]}}]}]}]
+    p = tmp_path / "ls.json"
+    p.write_bytes(b"\xef\xbb\xbf\n  " + json.dumps(tasks).encode("utf-8"))
+    assert [e.labels for e in load_labelled([p]).examples] == [{"taiwan_policy": "favor"}]

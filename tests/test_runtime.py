@@ -16,7 +16,7 @@ from training.train import train
 
 @pytest.fixture(scope="module")
 def optimised(tiny_base):
-    data = load_labelled([DEFAULT_CORPUS])
+    data = load_labelled(DEFAULT_CORPUS)
     data.examples = data.examples[:160]
     cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=6, batch_size=8, max_length=64, dev_fraction=0.25)
     result = train(data, cfg, save=False, progress=False)
@@ -62,7 +62,7 @@ def test_failed_validation_falls_back(optimised, monkeypatch, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(optimised.folder, folder)
     monkeypatch.setattr(opt, "MIN_AGREEMENT", 1.01)  # nothing can pass
-    data = load_labelled([DEFAULT_CORPUS])
+    data = load_labelled(DEFAULT_CORPUS)
     from model.predictor import StanceModel as SM
 
     net = SM(folder, backend="torch").backend.network
@@ -82,3 +82,42 @@ def test_openvino_process_never_imports_torch(optimised):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def _gate_case(n: int, flips: int, seed: int = 0):
+    """Gold labels for n dev sentences, a perfect reference, and a candidate with `flips` of its
+    correct stance predictions turned to `none` (each one costs F_avg)."""
+    from model.schema import default_schema
+    from training.data import Example
+
+    schema = default_schema()
+    rng = np.random.default_rng(seed)
+    gold = rng.choice(["favor", "against", "none"], size=n, p=[0.25, 0.25, 0.5])
+    examples = [Example(f"s{i}", "", {"taiwan_policy": g, "external_pressure": "none"}, "x") for i, g in enumerate(gold)]
+    labels = list(schema.target("taiwan_policy").labels)
+    ref = np.eye(3)[[labels.index(g) for g in gold]]
+    cand = ref.copy()
+    stance_rows = [i for i, g in enumerate(gold) if g != "none"][:flips]
+    cand[stance_rows] = np.eye(3)[labels.index("none")]
+    other = np.eye(3)[[labels.index("none")] * n]
+    return schema, examples, [ref, other], [cand, other]
+
+
+def test_gate_lets_one_flip_through_and_stops_a_real_drop():
+    from training.optimise import MAX_F_AVG_DROP, SIGNIFICANCE, f_avg_drop_p_value
+
+    # One flip on a 132-sentence dev split: an F_avg drop over 0.5 points, but not a significant one.
+    from training.evaluate import evaluate_predictions
+    from training.train import gold_lists
+
+    schema, ex, ref, cand = _gate_case(132, 1)
+    score = lambda p: evaluate_predictions(  # noqa: E731
+        schema, gold_lists(ex, schema), dict(zip(schema.target_names, p)))["targets"]["taiwan_policy"]["f_avg"]
+    assert score(ref) - score(cand) > MAX_F_AVG_DROP  # the old gate rejected this
+    assert f_avg_drop_p_value(schema, ex, ref, cand, "taiwan_policy") >= SIGNIFICANCE
+    # Twelve flips: a real drop, rejected.
+    schema, ex, ref, cand = _gate_case(132, 12)
+    assert f_avg_drop_p_value(schema, ex, ref, cand, "taiwan_policy") < SIGNIFICANCE
+    # No flip: never worse.
+    schema, ex, ref, cand = _gate_case(132, 0)
+    assert f_avg_drop_p_value(schema, ex, ref, cand, "taiwan_policy") == 1.0

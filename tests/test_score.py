@@ -142,7 +142,7 @@ def test_every_input_kind_scores_like_the_model(kind, tmp_path, model):
 
 def test_output_columns_formats_and_doc_summary(tmp_path, model):
     src = _make_input("jsonl", tmp_path)
-    names = ["doc_id", "source", "sentence_index", "start", "end", "text", "truncated"]
+    names = ["doc_id", "source", "sentence_index", "start", "end", "text", "truncated", "language", "supported"]
     for t in model.schema.targets:
         names += [t.name] + [f"p_{t.name}_{lab}" for lab in t.labels]
     score([src], tmp_path / "o.parquet", model, doc_summary=tmp_path / "docs.csv")

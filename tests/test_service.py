@@ -102,7 +102,8 @@ def test_predict_document_offsets_contexts_and_summary(svc):
         assert s["index"] == i and text[s["start"] : s["end"]] == s["text"]
     texts = [s["text"] for s in parts]
     direct = svc.model.predict(texts, [None] + texts[:-1])
-    assert [{k: s[k] for k in ("text", "truncated", "stances")} for s in parts] == [p.to_dict() for p in direct]
+    assert [{k: s[k] for k in ("text", "truncated", "language", "supported", "stances")} for s in parts] == [
+        p.to_dict() for p in direct]
     for target in svc.model.schema.targets:
         summary = out["summary"][target.name]
         assert sum(summary["counts"].values()) == 3

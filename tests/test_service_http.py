@@ -276,3 +276,49 @@ def test_bentoml_build_offline_and_serve_the_bento(tiny_model, tmp_path):
         assert r.json()["model"] == tiny_model.tag
     finally:
         _stop(proc)
+
+
+def _descendants(pid: int) -> set[int]:
+    """PIDs of every process below `pid` (from /proc), whatever process group they moved to."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_sigterm_to_the_cli_stops_the_server_and_its_workers(tiny_model):
+    proc, url = _start([sys.executable, "-m", "stancewatch.cli", "serve"], _env(tiny_model))
+    workers = _descendants(proc.pid)
+    assert workers, "bentoml serve should have started a worker"
+    try:
+        os.kill(proc.pid, signal.SIGTERM)  # only the CLI's own PID, as systemd or a container runtime would
+        proc.wait(10)
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not [p for p in workers if _alive(p)], "worker processes outlived SIGTERM to the CLI"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/readyz", timeout=2)
+    finally:
+        for p in workers | {proc.pid}:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)

@@ -240,3 +240,48 @@ def test_members_are_averaged_greedily_and_recorded(tiny_base, tiny_csv):
     assert report["mean_f_avg"] == pytest.approx(soup["dev_mean_f_avg"])
     with pytest.raises(ValueError, match="members"):
         TrainConfig(members=0)
+
+
+def _news_subset(n_docs: int):
+    from training.data import DATA_DIR
+
+    data = load_labelled([DATA_DIR / "news_train.csv"])
+    docs = sorted({e.group for e in data.examples})[:n_docs]
+    data.examples = [e for e in data.examples if e.group in docs]
+    return data
+
+
+def test_temperatures_are_fitted_on_a_split_that_early_stopping_never_saw(tiny_base):
+    from training.train import calibration_split, training_split
+
+    data = _news_subset(30)
+    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=8, max_length=64, optimise=False,
+                      dev_fraction=0.3)
+    train_ex, held = training_split(data, cfg)
+    dev_ex, calib_ex, note = calibration_split(held, data.schema, cfg)
+    assert note.startswith("separate calibration split")
+    groups = lambda exs: {e.group for e in exs}  # noqa: E731
+    assert not groups(train_ex) & groups(held) and not groups(dev_ex) & groups(calib_ex)
+    assert len(dev_ex) + len(calib_ex) == len(held)
+    result = train(data, cfg, save=False, progress=False)
+    try:
+        assert result.report["n_examples"] == len(calib_ex)  # the report is on the calibration split
+        assert result.metadata["data_size"] == {"train": len(train_ex), "dev": len(dev_ex), "calibration": len(calib_ex)}
+        assert (result.folder / "data" / "calibration.jsonl").exists()
+        # One split does both when there are too few held-out examples (the tiny fixture data).
+        small = calibration_split(held[:10], data.schema, cfg)
+        assert small[0] is small[1] and small[2].startswith("dev split")
+    finally:
+        shutil.rmtree(result.folder, ignore_errors=True)
+
+
+def test_crossval_by_article_keeps_articles_whole(tiny_base):
+    from training.crossval import cross_validate
+
+    data = _news_subset(12)
+    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=1, batch_size=8, max_length=64, optimise=False)
+    result = cross_validate(data, cfg, folds=3, progress=False, by_article=True)
+    assert result["by_article"] is True and len(result["per_fold"]) == 3
+    assert sum(r["n_examples"] for r in result["per_fold"]) == len(data.examples)
+    with pytest.raises(ValueError, match="documents cannot make"):
+        cross_validate(_news_subset(2), cfg, folds=3, progress=False, by_article=True)

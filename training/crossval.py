@@ -5,22 +5,27 @@ from __future__ import annotations
 import numpy as np
 
 from training.config import TrainConfig
-from training.data import LabelledData, stratified_folds, stratified_split
+from training.data import LabelledData, grouped_folds, grouped_split, stratified_folds, stratified_split
 from training.evaluate import evaluate_predictions
 from training.train import fit, gold_lists, predict_logits, split_probs
 
 
-def cross_validate(data: LabelledData, cfg: TrainConfig, folds: int = 5, progress: bool = True) -> dict:
+def cross_validate(data: LabelledData, cfg: TrainConfig, folds: int = 5, progress: bool = True,
+                   by_article: bool = False) -> dict:
     """Train on k-1 folds (early stopping on a dev split of those), score the held-out fold.
 
-    Returns per-fold reports and, per target, the mean and standard deviation of F_avg and macro-F1.
+    `by_article`: folds (and the dev split inside each) never split a document (`doc_id`), so a
+    fold's test articles are unseen as a whole, as a new article would be. Returns per-fold reports
+    and, per target, the mean and standard deviation of F_avg and macro-F1.
     """
     schema = data.schema
     reports = []
-    for k, (train_idx, test_idx) in enumerate(stratified_folds(data.examples, schema, folds, cfg.seed), start=1):
+    make_folds = grouped_folds if by_article else stratified_folds
+    split = grouped_split if by_article else stratified_split
+    for k, (train_idx, test_idx) in enumerate(make_folds(data.examples, schema, folds, cfg.seed), start=1):
         pool = [data.examples[i] for i in train_idx]
         test = [data.examples[i] for i in test_idx]
-        train_ex, dev_ex = stratified_split(pool, schema, cfg.dev_fraction, cfg.seed)
+        train_ex, dev_ex = split(pool, schema, cfg.dev_fraction, cfg.seed)
         result = fit(train_ex, dev_ex, schema, cfg, progress=progress)
         result.release_scratch()  # only the in-memory encoder is used below
         enc = result.encoder.encode([e.text for e in test], [e.context or None for e in test])
@@ -33,7 +38,7 @@ def cross_validate(data: LabelledData, cfg: TrainConfig, folds: int = 5, progres
         if progress:
             print(f"fold {k}/{folds}: mean F_avg {100 * report['mean_f_avg']:.2f}, "
                   f"mean macro-F1 {100 * report['mean_macro_f1']:.2f} ({result.seconds:.0f} s)", flush=True)
-    out = {"folds": folds, "per_fold": reports, "targets": {}}
+    out = {"folds": folds, "by_article": by_article, "per_fold": reports, "targets": {}}
     for name in schema.target_names:
         f_avg = [r["targets"][name]["f_avg"] for r in reports]
         macro = [r["targets"][name]["macro_f1"] for r in reports]

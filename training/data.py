@@ -24,10 +24,18 @@ from typing import Iterable, Sequence
 
 from model.schema import Schema, SchemaError, default_schema
 
-RESERVED_COLUMNS = {"text", "context", "id", "source", "notes"}
+# Columns that are never targets. `doc_id` also groups a document's sentences, so that splits and
+# by-article cross-validation never put one article on both sides (see `grouped_split`).
+RESERVED_COLUMNS = {"text", "context", "id", "source", "notes", "doc_id", "sentence_index", "genre", "date", "outlet",
+                    "headline", "language"}
 LONG_COLUMNS = {"text", "target", "label"}
 SUPPORTED_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".parquet": "parquet"}
-DEFAULT_CORPUS = Path(__file__).resolve().parent / "data" / "default_corpus.csv"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+# The default model's training data: the hand-written news-genre articles (every sentence of each
+# article, in order) and the kept part of the v1 sentence corpus. The news test set
+# (news_test.csv) is never trained or tuned on.
+DEFAULT_CORPUS = [DATA_DIR / "news_train.csv", DATA_DIR / "default_corpus.csv"]
+NEWS_TEST = DATA_DIR / "news_test.csv"
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,7 @@ class Example:
     context: str
     labels: dict[str, str]  # target -> label; targets without a label are absent
     source: str  # "file:row N" of the first row that contributed
+    group: str = ""  # the document it belongs to (`doc_id` column); "" when unknown
 
 
 @dataclass
@@ -190,6 +199,7 @@ def load_labelled(
     """Read, validate and merge labelled files into examples. Raises DataValidationError."""
     problems: list[Problem] = []
     raw: list[tuple[str, int, str, str, str, str]] = []  # file, row, text, context, target, label
+    groups: dict[tuple[str, str], str] = {}  # (text, context) -> doc_id
     report = LoadReport()
     tables = []
     observed_targets: set[str] = set()
@@ -240,6 +250,9 @@ def load_labelled(
                 problems.append(Problem(str(path), n, "context", f"must be a string, got {type(row['context']).__name__}"))
                 continue
             text, context = text.strip(), context.strip()
+            doc_id = row.get("doc_id")
+            if doc_id is not None and str(doc_id).strip():
+                groups.setdefault((text, context), f"{path.name}:{str(doc_id).strip()}")
             if long:
                 target = _as_text(row.get("target"))
                 label = _as_text(row.get("label"))
@@ -281,6 +294,8 @@ def load_labelled(
             problems.append(Problem(file, n, "target", f"unknown target {target!r}; allowed: {', '.join(schema.target_names)}"))
             continue
         labels = schema.target(target).labels
+        # Data labels are lower-cased on reading; a schema may spell them otherwise ("Pro", "Con").
+        label = label if label in labels else {lab.lower(): lab for lab in labels}.get(label, label)
         if label not in labels:
             problems.append(Problem(file, n, "label", f"unknown label {label!r} for target {target!r}; allowed: {', '.join(labels)}"))
             continue
@@ -298,7 +313,7 @@ def load_labelled(
             report.duplicates_dropped += 1
             continue
         seen_rows.add((text, context, target, label))
-        ex = merged.setdefault(key, Example(text, context, {}, where))
+        ex = merged.setdefault(key, Example(text, context, {}, where, groups.get(key, "")))
         if target in ex.labels and ex.labels[target] != label:
             conflicts.setdefault((text, context, target), [first_row[(text, context, target)]]).append((file, n, label))
             continue
@@ -368,6 +383,43 @@ def stratified_folds(examples: Sequence[Example], schema: Schema, k: int, seed: 
     return [(list(tr), list(te)) for tr, te in skf.split(list(range(len(examples))), strata)]
 
 
+def group_ids(examples: Sequence[Example]) -> list[str]:
+    """Each example's document; an example without one is a document of its own."""
+    return [ex.group or f"#{i}" for i, ex in enumerate(examples)]
+
+
+def has_groups(examples: Sequence[Example]) -> bool:
+    return any(ex.group for ex in examples)
+
+
+def grouped_folds(examples: Sequence[Example], schema: Schema, k: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """k folds that never split a document, stratified on the joint labels as far as that allows."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = group_ids(examples)
+    if len(set(groups)) < k:
+        raise ValueError(f"{len(set(groups))} documents cannot make {k} by-article folds")
+    strata = _strata(examples, schema)
+    counts = Counter(strata)
+    strata = [s if counts[s] >= k else "rare" for s in strata]
+    sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(list(tr), list(te)) for tr, te in sgkf.split(list(range(len(examples))), strata, groups)]
+
+
+def grouped_split(
+    examples: Sequence[Example], schema: Schema, fraction: float, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """(rest, held-out) with about `fraction` of the examples held out, whole documents at a time;
+    a plain stratified split when no example names its document."""
+    if not has_groups(examples):
+        return stratified_split(examples, schema, fraction, seed)
+    k = max(2, int(round(1 / fraction)))
+    if len(set(group_ids(examples))) < k:
+        return stratified_split(examples, schema, fraction, seed)
+    rest, held = grouped_folds(examples, schema, k, seed)[0]
+    return [examples[i] for i in sorted(rest)], [examples[i] for i in sorted(held)]
+
+
 # ---- persistence and merging ------------------------------------------------------------------
 
 
@@ -377,7 +429,7 @@ def write_examples(examples: Sequence[Example], schema: Schema, path: str | Path
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as fh:
         for ex in examples:
-            row = {"text": ex.text, "context": ex.context}
+            row = {"text": ex.text, "context": ex.context, **({"doc_id": ex.group} if ex.group else {})}
             row.update({t: ex.labels.get(t) for t in schema.target_names})
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -389,12 +441,12 @@ def merge(old: LabelledData, new: LabelledData) -> tuple[LabelledData, list[str]
     """
     merged: dict[tuple[str, str], Example] = {}
     for ex in old.examples:
-        merged[(ex.text, ex.context)] = Example(ex.text, ex.context, dict(ex.labels), ex.source)
+        merged[(ex.text, ex.context)] = Example(ex.text, ex.context, dict(ex.labels), ex.source, ex.group)
     conflicts = []
     for ex in new.examples:
         key = (ex.text, ex.context)
         if key not in merged:
-            merged[key] = Example(ex.text, ex.context, dict(ex.labels), ex.source)
+            merged[key] = Example(ex.text, ex.context, dict(ex.labels), ex.source, ex.group)
             continue
         current = merged[key]
         for target, label in ex.labels.items():

@@ -84,6 +84,10 @@ def evaluate_predictions(
             "macro_f1": float(np.mean([f1s[lab]["f1"] for lab in labels])) if keep else 0.0,
             "f_avg": float(np.mean([f1s[lab]["f1"] for lab in stance])) if keep and stance else 0.0,
             "accuracy": float(np.mean([a == b for a, b in zip(g, pred)])) if keep else 0.0,
+            # Gold-neutral examples that got a stance label: the "reads a position into an event" error.
+            "neutral_given_stance": (float(np.mean([p != schema.neutral_label for a, p in zip(g, pred)
+                                                    if a == schema.neutral_label]))
+                                     if schema.neutral_label in labels and schema.neutral_label in g else 0.0),
             "ece": expected_calibration_error(pr, gold_ids),
             "reliability": reliability(pr, gold_ids),
         }
@@ -112,7 +116,8 @@ def summary(report: dict) -> dict:
     if "pooled_f_avg" in report:
         out["pooled_f_avg"] = round(report["pooled_f_avg"], 4)
     for name, t in report["targets"].items():
-        out[name] = {"f_avg": round(t["f_avg"], 4), "macro_f1": round(t["macro_f1"], 4), "ece": round(t["ece"], 4), "n": t["n"]}
+        out[name] = {"f_avg": round(t["f_avg"], 4), "macro_f1": round(t["macro_f1"], 4), "ece": round(t["ece"], 4), "n": t["n"],
+                     "neutral_given_stance": round(t.get("neutral_given_stance", 0.0), 4)}
     return out
 
 
@@ -124,7 +129,8 @@ def to_markdown(report: dict, title: str = "Evaluation") -> str:
     for name, t in report["targets"].items():
         lines += ["", f"## {name} (n={t['n']})", "",
                   f"F_avg {100 * t['f_avg']:.2f}, macro-F1 {100 * t['macro_f1']:.2f}, accuracy {100 * t['accuracy']:.2f}, "
-                  f"ECE {t['ece']:.3f}" + (f" (before calibration {t['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in t else ""),
+                  f"ECE {t['ece']:.3f}" + (f" (before calibration {t['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in t else "")
+                  + (f", gold-neutral given a stance {100 * t['neutral_given_stance']:.1f}%" if "neutral_given_stance" in t else ""),
                   "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for lab, m in t["per_label"].items():
             lines.append(f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")

@@ -75,13 +75,14 @@ def _argilla_rows(records: list[dict]) -> tuple[list[dict], list[tuple[int, str,
 
 def read_export(path: Path) -> tuple[str, list[dict], list[tuple[int, str, str]]] | None:
     """(format, rows, problems) for a Label Studio / Argilla JSON export, or None if it is neither."""
-    with path.open(encoding="utf-8") as fh:
-        head = fh.read(1)
-        if head.strip() != "[":
+    # utf-8-sig drops a byte-order mark; leading white space is skipped before looking for the array.
+    with path.open(encoding="utf-8-sig") as fh:
+        head = fh.read(4096).lstrip()
+        if not head.startswith("["):
             return None
         fh.seek(0)
         try:
-            records = json.load(fh)
+            records = json.loads(fh.read())
         except json.JSONDecodeError:
             return None
     kind = detect(records)

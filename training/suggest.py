@@ -48,9 +48,11 @@ def candidates(model, documents: Iterable[tuple[str, str]], strategy: str, max_s
     def flush():
         if not pending:
             return
-        probs, _ = model.predict_arrays([p[2] for p in pending], [p[3] or None for p in pending])
-        scores = np.stack([uncertainty(p, strategy) for p in probs], axis=1)
-        out.extend(Candidate(d, i, t, c, s.tolist()) for (d, i, t, c), s in zip(pending, scores))
+        r = model.read([p[2] for p in pending], [p[3] or None for p in pending])
+        scores = np.stack([uncertainty(p, strategy) for p in r.probs], axis=1)
+        # Sentences in a language the model does not read are not offered: their labels would not help it.
+        out.extend(Candidate(d, i, t, c, s.tolist())
+                   for (d, i, t, c), s, ok in zip(pending, scores, r.supported) if ok)
         pending.clear()
 
     for doc_id, text in documents:

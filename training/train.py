@@ -23,7 +23,7 @@ import numpy as np
 from model.encoding import InputEncoder, collate, plan_batches
 from model.schema import Schema
 from training.config import TrainConfig
-from training.data import Example, LabelledData, stratified_split, write_examples
+from training.data import Example, LabelledData, grouped_split, write_examples
 from training.evaluate import evaluate_predictions, fit_temperature, summary, write_report
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class FitResult:
     scratch: Path | None = None  # temp folder holding a tokenizer.json made by fit (bases without one)
     tapt: dict | None = None  # masked-LM adaptation summary when cfg.tapt_epochs > 0
     soup: dict | None = None  # members' and the averaged model's dev scores when cfg.members > 1
+    bf16: bool = False  # the forward pass ran under bf16 autocast
 
     def release_scratch(self) -> None:
         """Remove fit's temp folder once the tokenizer has been copied (or is no longer needed)."""
@@ -129,6 +130,17 @@ def predict_logits(network, encoder: InputEncoder, encoded) -> np.ndarray:
             batch = collate([encoded[i] for i in idx], encoder.pad_id)
             out[idx] = network(**_to(batch, device)).float().cpu().numpy()
     return out
+
+
+def _autocast(bf16: bool, device):
+    """bf16 mixed precision for the forward pass when `bf16`; weights and optimiser stay fp32."""
+    import contextlib
+
+    import torch
+
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def _to(batch: dict, device) -> dict:
@@ -285,6 +297,7 @@ def fit(
     y_train = label_matrix(train_ex, schema)
     head_sizes = [len(t.labels) for t in schema.targets]
     device = cfg.torch_device()
+    bf16 = cfg.use_bf16(device)
     network = StanceNetwork.from_base(cfg.base_path, head_sizes, cfg.dropout).to(device)
     tapt = adapt_encoder(network, train_enc, encoder, cfg, device, progress) if cfg.tapt_epochs else None
     if cfg.freeze_embeddings:
@@ -346,7 +359,8 @@ def fit(
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
                 batch = collate([train_enc[i] for i in idx], encoder.pad_id)
-                logits = network(**_to(batch, device))
+                with _autocast(bf16, device):
+                    logits = network(**_to(batch, device)).float()
                 y = torch.from_numpy(y_train[idx]).to(device)
                 loss, start = logits.new_zeros(()), 0
                 for j, size in enumerate(head_sizes):
@@ -412,7 +426,9 @@ def fit(
             members[0][k] for k in ("state", "dev_mean_f_avg", "best_epoch", "history"))
     else:
         best_state, soup = _greedy_soup(members, evaluate_dev)
-        best_score, best_epoch = soup["dev_mean_f_avg"], members[0]["best_epoch"]
+        # The soup's epoch is that of its first (best) member, which need not be member 0.
+        first = next(m for m in members if m["seed"] == soup["chosen"][0])
+        best_score, best_epoch = soup["dev_mean_f_avg"], first["best_epoch"]
         history = [dict(h, member=m["seed"]) for m in members for h in m["history"]]
     bar.close()
     if best_state is not None:
@@ -420,14 +436,35 @@ def fit(
     network.cpu().eval()  # saving, export and CPU inference follow
     network.encoder.get_input_embeddings().weight.requires_grad_(True)
     return FitResult(network, encoder, tok_json, best_epoch, best_score, history, time.time() - started, scratch, tapt,
-                     soup)
+                     soup, bf16)
 
 
 def training_split(data: LabelledData, cfg: TrainConfig, dev: LabelledData | None = None):
-    """(train examples, dev examples): `dev` when given, else a stratified split of `data` by cfg.seed."""
+    """(train examples, held-out examples): `dev` when given, else cfg.dev_fraction of `data`, whole
+    documents at a time where the data names them (`doc_id`), else stratified on the joint labels."""
     if dev is None:
-        return stratified_split(data.examples, data.schema, cfg.dev_fraction, cfg.seed)
+        return grouped_split(data.examples, data.schema, cfg.dev_fraction, cfg.seed)
     return data.examples, dev.examples
+
+
+MIN_CALIBRATION = 40  # held-out examples below which one split serves early stopping and calibration
+
+
+def calibration_split(held: Sequence[Example], schema: Schema, cfg: TrainConfig) -> tuple[list, list, str]:
+    """(dev, calibration, note): the held-out examples cut in two, whole documents at a time.
+
+    The dev part chooses epochs, soup members and precision; the calibration part, which none of
+    that saw, fits the temperatures and gives the report and the promotion gate their figures.
+    """
+    if cfg.calibration_fraction == 0 or len(held) < MIN_CALIBRATION:
+        why = "calibration_fraction is 0" if cfg.calibration_fraction == 0 else f"fewer than {MIN_CALIBRATION} held-out examples"
+        both = list(held)
+        return both, both, f"dev split ({why}): temperatures and report share early stopping's examples"
+    dev, calib = grouped_split(held, schema, cfg.calibration_fraction, cfg.seed + 1)
+    if not dev or not calib:
+        both = list(held)
+        return both, both, "dev split (the held-out examples could not be divided)"
+    return dev, calib, f"separate calibration split ({len(calib)} of {len(held)} held-out examples)"
 
 
 def train(
@@ -447,17 +484,21 @@ def train(
     """
     from model.predictor import StanceModel, set_temperatures, write_artifact
 
+    from model.language import corpus_languages
+
     schema = data.schema
-    train_ex, dev_ex = training_split(data, cfg, dev)
-    if not train_ex or not dev_ex:
-        raise ValueError(f"need training and dev examples, got {len(train_ex)} and {len(dev_ex)}")
+    train_ex, held_ex = training_split(data, cfg, dev)
+    if not train_ex or not held_ex:
+        raise ValueError(f"need training and dev examples, got {len(train_ex)} and {len(held_ex)}")
+    dev_ex, calib_ex, calibration_note = calibration_split(held_ex, schema, cfg)
+    languages = corpus_languages([e.text for e in train_ex])
     result = fit(train_ex, dev_ex, schema, cfg, progress=progress)
 
     staging = Path(tempfile.mkdtemp(prefix="stancewatch-model-"))
     try:
         try:
             write_artifact(staging, result.network, result.tokenizer_json, schema,
-                           max_length=cfg.max_length, base_model=base_model_name(cfg))
+                           max_length=cfg.max_length, base_model=base_model_name(cfg), languages=languages)
         finally:
             result.release_scratch()
         runtime = {"backend": "torch", "precision": "fp32"}
@@ -467,8 +508,8 @@ def train(
             runtime = optimise(staging, result.network, train_ex, dev_ex, seed=cfg.seed)
         # Metrics come from the saved artefact and its chosen runtime, so they are what users get.
         model = StanceModel(staging, backend="auto", threads=cfg.threads or None)
-        dev_logits = model.logits(model.encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex]))
-        gold = gold_lists(dev_ex, schema)
+        calib_logits = model.logits(model.encoder.encode([e.text for e in calib_ex], [e.context or None for e in calib_ex]))
+        gold = gold_lists(calib_ex, schema)
         temperatures = {}
         for t in schema.targets:
             if not cfg.calibrate:
@@ -477,27 +518,35 @@ def train(
             start = sum(len(x.labels) for x in schema.targets[: schema.targets.index(t)])
             keep = [i for i, g in enumerate(gold[t.name]) if g is not None]
             ids = np.array([t.label_id(gold[t.name][i]) for i in keep], dtype=int)
-            temperatures[t.name] = fit_temperature(dev_logits[keep, start : start + len(t.labels)], ids)
+            temperatures[t.name] = fit_temperature(calib_logits[keep, start : start + len(t.labels)], ids)
         set_temperatures(staging, temperatures)
         # The examples travel with the version, so `--merge` can retrain on them later.
         write_examples(train_ex, schema, staging / "data" / "train.jsonl")
         write_examples(dev_ex, schema, staging / "data" / "dev.jsonl")
-        report = evaluate_predictions(schema, gold, split_probs(dev_logits, schema, temperatures),
-                                      raw_probs=split_probs(dev_logits, schema))
+        if calib_ex is not dev_ex:
+            write_examples(calib_ex, schema, staging / "data" / "calibration.jsonl")
+        report = evaluate_predictions(schema, gold, split_probs(calib_logits, schema, temperatures),
+                                      raw_probs=split_probs(calib_logits, schema))
         report["temperatures"] = temperatures
+        report["calibration"] = calibration_note
+        report["dev_mean_f_avg"] = result.best_dev_f_avg
         report["history"] = result.history
-        write_report(report, staging / "eval", title="Dev-set evaluation")
+        write_report(report, staging / "eval", title=f"Held-out evaluation ({calibration_note})")
         metadata = {
             "schema": schema.to_dict(),
             "base_model": base_model_name(cfg),
             "train_config": {k: v for k, v in cfg.to_dict().items() if k != "base_model"},
             "data_fingerprint": data.fingerprint,
-            "data_size": {"train": len(train_ex), "dev": len(dev_ex)},
+            "data_size": {"train": len(train_ex), "dev": len(dev_ex),
+                          "calibration": len(calib_ex) if calib_ex is not dev_ex else 0},
+            "languages": languages,
+            "calibration": calibration_note,
             "metrics": summary(report),
             "best_epoch": result.best_epoch,
             **({"tapt": result.tapt} if result.tapt else {}),
             **({"soup": result.soup} if result.soup else {}),
             "runtime": runtime,
+            "bf16_autocast": result.bf16,
             "train_seconds": round(result.seconds, 1),
             **(extra_metadata or {}),
         }
@@ -506,7 +555,7 @@ def train(
             from model import store
             from training.promotion import decide
 
-            decision = decide(schema, dev_ex, report, promote, margin)
+            decision = decide(schema, calib_ex, report, promote, margin)
             metadata["promotion"] = decision
             tag = store.save_version(staging, metadata)
             if decision["promote"]:
