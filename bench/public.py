@@ -59,7 +59,8 @@ def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
     from training.config import TrainConfig
     from training.data import load_labelled
     from training.evaluate import evaluate_predictions
-    from training.train import gold_lists, train
+    from training.evaluate import gold_lists
+    from training.train import train
 
     test_file = DATA / TASKS[task][1]
     cfg = TrainConfig(**{**overrides, "seed": seed})

@@ -61,7 +61,8 @@ def run_one(task: str, name: str, overrides: dict, seed: int, threads: int) -> d
     torch.set_num_threads(threads)
     from training.config import TrainConfig
     from training.evaluate import evaluate_predictions
-    from training.train import fit, gold_lists, predict_logits, split_probs, training_split
+    from training.evaluate import gold_lists, split_probs
+    from training.train import fit, predict_logits, training_split
 
     cfg = TrainConfig(**{**overrides, "seed": seed})
     data, dev = load_task(task)

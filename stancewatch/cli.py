@@ -173,7 +173,7 @@ def evaluate(
     """Evaluate a model version on any labelled file (with the model's own schema)."""
     from training.data import DataValidationError, load_labelled
     from training.evaluate import evaluate_predictions, write_report
-    from training.train import gold_lists
+    from training.evaluate import gold_lists
 
     m = _load_model(model, backend)
     try:

@@ -108,7 +108,7 @@ def test_gate_lets_one_flip_through_and_stops_a_real_drop():
 
     # One flip on a 132-sentence dev split: an F_avg drop over 0.5 points, but not a significant one.
     from training.evaluate import evaluate_predictions
-    from training.train import gold_lists
+    from training.evaluate import gold_lists
 
     schema, ex, ref, cand = _gate_case(132, 1)
     score = lambda p: evaluate_predictions(  # noqa: E731

@@ -230,10 +230,11 @@ def test_members_are_averaged_greedily_and_recorded(tiny_base, tiny_csv):
     assert soup["chosen"][0] == best["seed"] and set(soup["chosen"]) <= {13, 1013, 2013}
     assert soup["dev_mean_f_avg"] >= best["dev_mean_f_avg"]  # greedy: never worse than its best member
     assert 0 <= soup["ensemble_dev_mean_f_avg"] <= 1
+    # The recorded epoch is the first chosen member's, not member 0's.
+    assert souped.best_epoch == soup["best_epoch"] == best["best_epoch"]
     # The kept weights score what the soup recorded.
     enc = souped.encoder.encode([e.text for e in ex], [e.context or None for e in ex])
-    from training.evaluate import evaluate_predictions
-    from training.train import gold_lists, split_probs
+    from training.evaluate import evaluate_predictions, gold_lists, split_probs
 
     report = evaluate_predictions(data.schema, gold_lists(ex, data.schema),
                                   split_probs(predict_logits(souped.network, souped.encoder, enc), data.schema))

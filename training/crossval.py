@@ -6,8 +6,8 @@ import numpy as np
 
 from training.config import TrainConfig
 from training.data import LabelledData, grouped_folds, grouped_split, stratified_folds, stratified_split
-from training.evaluate import evaluate_predictions
-from training.train import fit, gold_lists, predict_logits, split_probs
+from training.evaluate import evaluate_predictions, gold_lists, split_probs
+from training.train import fit, predict_logits
 
 
 def cross_validate(data: LabelledData, cfg: TrainConfig, folds: int = 5, progress: bool = True,

@@ -18,6 +18,20 @@ from model.schema import Schema
 N_BINS = 10
 
 
+def split_probs(logits: np.ndarray, schema: Schema, temperatures: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Per-target probabilities from the concatenated logits, each target at its temperature."""
+    from model.predictor import split_softmax
+
+    temps = [(temperatures or {}).get(t.name, 1.0) for t in schema.targets]
+    probs = split_softmax(logits, [len(t.labels) for t in schema.targets], temps)
+    return dict(zip(schema.target_names, probs))
+
+
+def gold_lists(examples, schema: Schema) -> dict[str, list[str | None]]:
+    """Per target, each example's gold label (None where it has none): `evaluate_predictions`'s input."""
+    return {t: [ex.labels.get(t) for ex in examples] for t in schema.target_names}
+
+
 def expected_calibration_error(probs: np.ndarray, gold: np.ndarray, bins: int = N_BINS) -> float:
     """ECE of the top label: |accuracy - confidence| averaged over equal-width confidence bins."""
     if len(gold) == 0:

@@ -24,7 +24,7 @@ def decide(schema: Schema, dev_ex: Sequence[Example], candidate_report: dict, mo
     """Return {promote, message, candidate_mean_f_avg, production_tag?, production_mean_f_avg?}."""
     from model import store
     from model.predictor import StanceModel
-    from training.train import gold_lists
+    from training.evaluate import gold_lists
 
     if mode not in MODES:
         raise ValueError(f"promotion mode must be one of {', '.join(MODES)}, got {mode!r}")

