@@ -2,6 +2,7 @@
 
     python bench/first_start.py                 # clones this repository's HEAD into a temp folder
     python bench/first_start.py --keep-venv DIR # reuse an existing .venv (times training + serving only)
+    python bench/first_start.py --wait-full     # also wait until the service serves the full-recipe model
 
 Prints when set-up ended (the first line `stancewatch init` prints), when the quick model was
 saved, and when `POST /predict` first answered 200, all from the start of `make serve`. pip's cache
@@ -45,10 +46,20 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _serving_tag(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/model", timeout=5) as r:
+            return json.loads(r.read())["tag"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep-venv", type=Path, help="copy this .venv into the clone instead of creating one")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--wait-full", action="store_true",
+                        help="after the first answer, wait until GET /model names another (the full) version")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="stancewatch-first-start-"))
@@ -75,9 +86,16 @@ def main(argv: list[str] | None = None) -> int:
             if proc.poll() is not None:
                 print(f"make serve exited with {proc.returncode}; log: {log_path}\n{text[-3000:]}", file=sys.stderr)
                 return 1
-            if "trained" in marks and _answers(port):
+            if "first_answer" not in marks and "trained" in marks and _answers(port):
                 marks["first_answer"] = time.time() - t0
-                break
+                first_tag = _serving_tag(port)
+                if not args.wait_full:
+                    break
+            if "first_answer" in marks and args.wait_full:
+                tag = _serving_tag(port)
+                if tag and tag != first_tag and _answers(port):
+                    marks["full_served"] = time.time() - t0
+                    break
             time.sleep(2)
         else:
             print(f"no answer within {args.timeout:.0f} s; log: {log_path}", file=sys.stderr)
@@ -97,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 pass
     print(f"first start from a fresh clone ({'venv copied' if args.keep_venv else 'set-up included'}), "
           f"empty BENTOML_HOME, port {port}:")
-    for name, label in (("setup", "set-up done"), ("trained", "quick model saved"), ("first_answer", "first POST /predict 200")):
+    for name, label in (("setup", "set-up done"), ("trained", "quick model saved"), ("first_answer", "first POST /predict 200"),
+                        ("full_served", "full model served")):
         if name in marks:
             print(f"  {label:26s} {marks[name]:7.1f} s  ({marks[name] / 60:.1f} min)")
     print(f"log: {log_path}")
