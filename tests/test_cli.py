@@ -88,3 +88,34 @@ def test_merge_retrains_on_production_data_and_lists_overrides(tmp_path, tiny_ba
     tag = result.output.split("new model version: ")[1].split()[0]
     md = store.get(tag).info.metadata["merge"]
     assert md["base_version"] == str(prod.tag) and md["overridden_labels"] == 1 and md["new_examples"] == 2
+
+
+def test_first_start_trains_the_quick_recipe_then_the_full_one_in_the_background(tmp_path, monkeypatch):
+    """`init` on an empty store: one quick training run (FIRST_START), then a detached `train`."""
+    import subprocess
+
+    import stancewatch.cli as cli
+    from training.config import FIRST_START
+
+    monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "empty-store"))  # where the PID file and log go
+    monkeypatch.setattr(store, "list_versions", lambda: [])  # a fresh store
+    calls, started = [], []
+    monkeypatch.setattr(cli, "train", lambda **kw: calls.append(kw))
+
+    class FakeProcess:
+        pid = 424242
+
+        def __init__(self, args, **kwargs):
+            started.append((args, kwargs))
+
+    monkeypatch.setattr(subprocess, "Popen", FakeProcess)
+    result = runner.invoke(app, ["init"])
+    assert result.exit_code == 0, result.output
+    assert [c["epochs"] for c in calls] == [FIRST_START["epochs"]]
+    (args, kwargs), = started
+    assert args[:3] == ["nice", "-n", "10"] and args[-1] == "train" and kwargs["start_new_session"]
+    assert (tmp_path / "empty-store" / "stancewatch-full-training.pid").read_text().strip() == "424242"
+    assert "PID 424242" in result.output
+    calls.clear()
+    result = runner.invoke(app, ["init", "--no-background", "--force"])
+    assert result.exit_code == 0 and len(calls) == 1 and len(started) == 1  # nothing more started

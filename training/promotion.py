@@ -1,7 +1,8 @@
 """The promotion gate: does a new version replace production?
 
 The candidate and the current production model are scored on the same held-out examples (the
-candidate's dev split); `auto` promotes unless the candidate's mean F_avg is worse by more than
+candidate's calibration split, which chose neither its epochs, soup nor precision; training/train.py
+calibration_split); `auto` promotes unless the candidate's mean F_avg is worse by more than
 `margin` points. The decision is stored in the candidate's metadata.
 """
 
@@ -48,7 +49,7 @@ def decide(schema: Schema, dev_ex: Sequence[Example], candidate_report: dict, mo
     prod_score = prod_report["mean_f_avg"]
     out["production_mean_f_avg"] = round(prod_score, 4)
     delta = 100 * (cand - prod_score)
-    figures = f"candidate {100 * cand:.2f} vs production {prod_tag} {100 * prod_score:.2f} on the same {len(dev_ex)} dev examples"
+    figures = f"candidate {100 * cand:.2f} vs production {prod_tag} {100 * prod_score:.2f} on the same {len(dev_ex)} held-out examples"
     if delta >= -margin:
         return {**out, "promote": True, "message": f"promoted: {figures} (change {delta:+.2f}, margin {margin})"}
     return {**out, "promote": False, "message": f"not promoted: {figures} (change {delta:+.2f} beyond margin {margin})"}
