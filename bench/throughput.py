@@ -5,7 +5,9 @@ other (never concurrently), on two workloads:
   long  - news-length sentences (11-96 tokens), built by joining sentences of the bundled corpus
   short - sentences of about 20 tokens
 The pipeline baseline is a BertForSequenceClassification with the served model's encoder weights
-and one 6-way head, the same compute as our two 3-way heads.
+and one 6-way head, the same compute as our two 3-way heads. The last row runs `stancewatch score
+--unit sentence` on the same sentences as a fresh process (start-up, model load, language
+detection and the Parquet output included) against the same naive baseline.
 
     python bench/throughput.py [--model TAG] [--n 2000] [--threads 2]
 """
@@ -114,6 +116,24 @@ def shape_churn_rss(model, sentences: list[str], marks=(50, 200, 400, 600), seed
     return out
 
 
+def whole_process(folder: Path, sentences: list[str], threads: int) -> float:
+    """Sentences/s of `stancewatch score --unit sentence` as a fresh process: start-up, model load,
+    reading, language detection, scoring and writing Parquet all included (what a user waits for)."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="stancewatch-bench-") as tmp:
+        src = Path(tmp) / "in.jsonl"
+        src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(sentences)), encoding="utf-8")
+        env = {**os.environ, "STANCEWATCH_THREADS": str(threads)}
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "stancewatch.cli", "score", str(src), "--unit", "sentence", "--model",
+                        str(folder), "--out", str(Path(tmp) / "out.parquet"), "--no-progress"],
+                       check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        return len(sentences) / (time.perf_counter() - started)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="tag or artefact folder (default: production, else latest)")
@@ -164,6 +184,7 @@ def main() -> None:
                          timed(lambda xs: plain.predict_arrays(xs), sentences)))
         label = f"ours, {fast.backend.name} {getattr(fast.backend, 'precision', 'fp32')} (default path)"
         rows.append((label, timed(lambda xs: fast.predict_arrays(xs), sentences)))
+        rows.append(("stancewatch score, fresh process (load incl.)", whole_process(fast.folder, sentences, args.threads)))
         naive = rows[0][1]
         print(f"{'variant':45s} {'sent/s':>8s} {'x naive':>8s} {'% int8 roofline':>16s}")
         for label, rate in rows:
