@@ -112,8 +112,12 @@ def evaluate_predictions(
         pooled_gold += g
         pooled_pred += pred
     names = schema.target_names
-    report["mean_f_avg"] = float(np.mean([report["targets"][t]["f_avg"] for t in names]))
-    report["mean_macro_f1"] = float(np.mean([report["targets"][t]["macro_f1"] for t in names]))
+    # Means over the targets that have labels here; a target without any would count as 0 and drag
+    # the mean (and the promotion decision) down for no reason. It is listed instead.
+    labelled = [t for t in names if report["targets"][t]["n"]] or names
+    report["targets_without_labels"] = [t for t in names if not report["targets"][t]["n"]]
+    report["mean_f_avg"] = float(np.mean([report["targets"][t]["f_avg"] for t in labelled]))
+    report["mean_macro_f1"] = float(np.mean([report["targets"][t]["macro_f1"] for t in labelled]))
     stance_sets = {tuple(schema.stance_labels(t)) for t in names}
     if len(stance_sets) == 1 and pooled_gold:
         from sklearn.metrics import f1_score
@@ -138,6 +142,8 @@ def summary(report: dict) -> dict:
 def to_markdown(report: dict, title: str = "Evaluation") -> str:
     lines = [f"# {title}", "", f"Examples: {report['n_examples']}  ", f"Mean F_avg over targets: **{100 * report['mean_f_avg']:.2f}**  ",
              f"Mean macro-F1 over targets: {100 * report['mean_macro_f1']:.2f}  "]
+    if report.get("targets_without_labels"):
+        lines.append(f"Targets without labels here (left out of the means): {', '.join(report['targets_without_labels'])}  ")
     if "pooled_f_avg" in report:
         lines.append(f"Pooled F_avg (SemEval-2016 official): {100 * report['pooled_f_avg']:.2f}  ")
     for name, t in report["targets"].items():
