@@ -144,8 +144,8 @@ def _merge_with_production(paths: list[Path], schema_file: Optional[Path], drop_
         _fail(f"--merge needs a production (or latest) version: {exc}")
     folder = Path(prod.path)
     prod_schema = Schema.load(folder / "schema.json")
-    stored = [folder / "data" / name for name in ("train.jsonl", "dev.jsonl", "calibration.jsonl")
-              if (folder / "data" / name).exists() or name == "train.jsonl"]
+    held_out = [folder / "data" / name for name in ("dev.jsonl", "calibration.jsonl")]
+    stored = [folder / "data" / "train.jsonl"] + [p for p in held_out if p.exists()]
     if not stored[0].exists():
         _fail(f"{prod.tag} carries no training data (trained before data was stored with versions)")
     try:

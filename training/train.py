@@ -418,7 +418,8 @@ def train(
         # The examples travel with the version, so `--merge` can retrain on them later.
         write_examples(train_ex, schema, staging / "data" / "train.jsonl")
         write_examples(dev_ex, schema, staging / "data" / "dev.jsonl")
-        if calib_ex is not dev_ex:
+        separate = calib_ex is not dev_ex  # calibration_split returns one list for both when it cannot split
+        if separate:
             write_examples(calib_ex, schema, staging / "data" / "calibration.jsonl")
         report = evaluate_predictions(schema, gold, split_probs(calib_logits, schema, temperatures),
                                       raw_probs=split_probs(calib_logits, schema))
@@ -433,7 +434,7 @@ def train(
             "train_config": {k: v for k, v in cfg.to_dict().items() if k != "base_model"},
             "data_fingerprint": data.fingerprint,
             "data_size": {"train": len(train_ex), "dev": len(dev_ex),
-                          "calibration": len(calib_ex) if calib_ex is not dev_ex else 0},
+                          "calibration": len(calib_ex) if separate else 0},
             "languages": languages,
             "calibration": calibration_note,
             "metrics": summary(report),
