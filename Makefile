@@ -33,5 +33,5 @@ test-fast: setup
 
 # Rebuild the news-genre CSVs from the hand-written articles and the adjudicated labels.
 corpus: setup
-	$(PY) -m training.corpus build training/data/news_train.csv training/data/articles/train/*.txt --decisions docs/annotation/decisions/*.tsv
-	$(PY) -m training.corpus build training/data/news_test.csv training/data/articles/test/*.txt --decisions docs/annotation/decisions/*.tsv
+	$(PY) -m stancewatch.training.corpus build training/data/news_train.csv training/data/articles/train/*.txt --decisions docs/annotation/decisions/*.tsv
+	$(PY) -m stancewatch.training.corpus build training/data/news_test.csv training/data/articles/test/*.txt --decisions docs/annotation/decisions/*.tsv

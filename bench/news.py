@@ -52,9 +52,9 @@ def score_rows(model, rows: list[dict]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from model.predictor import StanceModel
-    from training.data import NEWS_TEST
-    from training.evaluate import evaluate_predictions, write_report
+    from stancewatch.model.predictor import StanceModel
+    from stancewatch.training.data import NEWS_TEST
+    from stancewatch.training.evaluate import evaluate_predictions, write_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="tag or artefact folder (default: production, else latest)")

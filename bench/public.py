@@ -40,7 +40,7 @@ ANCHORS = {
 
 def load_task(task: str):
     """The task's training data and its own dev file (None when it has none), as `stancewatch train` reads them."""
-    from training.data import load_labelled
+    from stancewatch.training.data import load_labelled
 
     # P-Stance's train.csv labels a few identical tweets both ways: drop those, as `--drop-conflicts` does.
     data = load_labelled([DATA / TASKS[task][0]], drop_conflicts=True)
@@ -55,12 +55,12 @@ def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
-    from model.predictor import StanceModel
-    from training.config import TrainConfig
-    from training.data import load_labelled
-    from training.evaluate import evaluate_predictions
-    from training.evaluate import gold_lists
-    from training.train import train
+    from stancewatch.model.predictor import StanceModel
+    from stancewatch.training.config import TrainConfig
+    from stancewatch.training.data import load_labelled
+    from stancewatch.training.evaluate import evaluate_predictions
+    from stancewatch.training.evaluate import gold_lists
+    from stancewatch.training.train import train
 
     test_file = DATA / TASKS[task][1]
     cfg = TrainConfig(**{**overrides, "seed": seed})

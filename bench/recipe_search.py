@@ -59,10 +59,10 @@ def run_one(task: str, name: str, overrides: dict, seed: int, threads: int) -> d
     import torch
 
     torch.set_num_threads(threads)
-    from training.config import TrainConfig
-    from training.evaluate import evaluate_predictions
-    from training.evaluate import gold_lists, split_probs
-    from training.train import fit, predict_logits, training_split
+    from stancewatch.training.config import TrainConfig
+    from stancewatch.training.evaluate import evaluate_predictions
+    from stancewatch.training.evaluate import gold_lists, split_probs
+    from stancewatch.training.train import fit, predict_logits, training_split
 
     cfg = TrainConfig(**{**overrides, "seed": seed})
     data, dev = load_task(task)

@@ -103,7 +103,7 @@ def bare_throughput(out: Path, model: str | None, chunk_docs: int) -> dict:
     """Bare `predict_arrays` on the run's own sentences and contexts, in the run's chunks."""
     import pyarrow.parquet as pq
 
-    from model.predictor import StanceModel
+    from stancewatch.model.predictor import StanceModel
 
     m = StanceModel.load(model)
     table = pq.read_table(out, columns=["doc_id", "sentence_index", "text"])

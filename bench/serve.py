@@ -49,7 +49,7 @@ def free_port() -> int:
 
 def pick_sentences(model, n: int, tokens: int = 30) -> list[str]:
     """Corpus sentences closest to `tokens` tokens (special tokens included)."""
-    from training.data import DEFAULT_CORPUS
+    from stancewatch.training.data import DEFAULT_CORPUS
 
     texts: set[str] = set()
     for path in DEFAULT_CORPUS:
@@ -64,7 +64,7 @@ def pick_sentences(model, n: int, tokens: int = 30) -> list[str]:
 def start_server(tag: str, port: int, threads: int) -> subprocess.Popen:
     env = {**os.environ, "STANCEWATCH_MODEL": tag, "STANCEWATCH_THREADS": str(threads)}
     env.setdefault("STANCEWATCH_WORKERS", "1")
-    cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:StanceService",
+    cmd = [sys.executable, "-m", "bentoml", "serve", "stancewatch.service.service:StanceService",
            "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -212,8 +212,8 @@ def in_process(model, sentences: list[str], seconds: float = 10.0) -> dict:
 
 
 def main() -> None:
-    from model import store
-    from model.predictor import StanceModel, default_threads
+    from stancewatch.model import store
+    from stancewatch.model.predictor import StanceModel, default_threads
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="model tag (default: $STANCEWATCH_MODEL, production, else latest)")

@@ -76,7 +76,7 @@ def timed(fn, sentences) -> float:
 STARTUP_CODE = """
 import json, re, sys, time
 t0 = time.perf_counter()
-from model.predictor import StanceModel
+from stancewatch.model.predictor import StanceModel
 t1 = time.perf_counter()
 m = StanceModel(sys.argv[1], backend=sys.argv[2])
 t2 = time.perf_counter()
@@ -146,7 +146,7 @@ def main() -> None:
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, pipeline
 
-    from model.predictor import StanceModel
+    from stancewatch.model.predictor import StanceModel
 
     torch.set_num_threads(args.threads)
     fast = StanceModel.load(args.model, backend="auto", threads=args.threads)
@@ -161,7 +161,7 @@ def main() -> None:
 
     plain = None
     if fast.backend.name == "openvino":  # the usual recipe: one two-thread stream, fixed batches of 32
-        from model.runtime import OpenVINOBackend
+        from stancewatch.model.runtime import OpenVINOBackend
 
         plain = StanceModel(fast.folder, backend="torch", threads=args.threads)
         plain.backend = OpenVINOBackend(fast.folder, fast.backend.precision, args.threads, streams=1)

@@ -23,8 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from model.encoding import Encoded, InputEncoder, collate, plan_batches
-from model.schema import Schema
+from stancewatch.model.encoding import Encoded, InputEncoder, collate, plan_batches
+from stancewatch.model.schema import Schema
 
 ARTIFACT_FORMAT = 1
 ROW_STEP = 8  # batch row counts are multiples of this on shape-specialising runtimes (see plan_batches)
@@ -159,7 +159,7 @@ class TorchBackend:
         import torch
         from safetensors.torch import load_file
 
-        from model.network import StanceNetwork
+        from stancewatch.model.network import StanceNetwork
 
         torch.set_num_threads(threads)
         self._torch = torch
@@ -220,7 +220,7 @@ class StanceModel:
         if backend == "auto":
             backend = runtime.get("backend", "torch")
         if backend == "openvino":
-            from model.runtime import OpenVINOBackend
+            from stancewatch.model.runtime import OpenVINOBackend
 
             return OpenVINOBackend(self.folder, precision or runtime.get("precision", "int8"), self.threads)
         return TorchBackend(self.folder, self.head_sizes, self.threads)
@@ -230,7 +230,7 @@ class StanceModel:
         """Load from an artefact folder, or from the model store by tag (default: production, else latest)."""
         if ref is not None and Path(ref).is_dir() and (Path(ref) / SETTINGS_FILE).exists():
             return cls(Path(ref), backend=backend, threads=threads)
-        from model import store
+        from stancewatch.model import store
 
         bento_model = store.resolve(None if ref is None else str(ref))
         return cls(Path(bento_model.path), backend=backend, threads=threads, tag=str(bento_model.tag))
@@ -288,7 +288,7 @@ class StanceModel:
 
     def read(self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None) -> Readings:
         """Detect each sentence's language, run the model on the ones it reads, leave the rest NaN."""
-        from model.language import detect_languages, supported_flags
+        from stancewatch.model.language import detect_languages, supported_flags
 
         if contexts is not None and len(contexts) != len(sentences):
             raise ValueError(f"got {len(contexts)} contexts for {len(sentences)} sentences")

@@ -8,7 +8,7 @@ import logging
 import threading
 from pathlib import Path
 
-from model import store
+from stancewatch.model import store
 
 logger = logging.getLogger("stancewatch.service")
 
@@ -26,7 +26,7 @@ class ProductionWatcher:
         tag = store.production_tag()
         if not tag or tag == self.service.tag:
             return False
-        from model.predictor import StanceModel
+        from stancewatch.model.predictor import StanceModel
 
         try:
             model = StanceModel(Path(store.get(tag).path), backend=self.service.backend_choice,

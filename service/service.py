@@ -1,6 +1,6 @@
 """The BentoML HTTP service: POST /predict, POST /predict_document, GET /model.
 
-Run with `stancewatch serve` (or `bentoml serve service.service:StanceService`). The model comes
+Run with `stancewatch serve` (or `bentoml serve stancewatch.service.service:StanceService`). The model comes
 from $STANCEWATCH_MODEL, else the production version, else the latest. Limits (env): sentences
 per request STANCEWATCH_MAX_SENTENCES (256), body bytes STANCEWATCH_MAX_BODY_BYTES (1 MB), items
 per inference batch STANCEWATCH_BATCH_ITEMS (64), torch threads STANCEWATCH_THREADS (all CPUs);
@@ -24,10 +24,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import bentoml  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
-from model import store  # noqa: E402
-from model.predictor import default_threads  # noqa: E402
-from service.batching import MicroBatcher  # noqa: E402
-from service.io import (  # noqa: E402,F401  (EXAMPLE_* and the models are part of this module's API)
+from stancewatch.model import store  # noqa: E402
+from stancewatch.model.predictor import default_threads  # noqa: E402
+from stancewatch.service.batching import MicroBatcher  # noqa: E402
+from stancewatch.service.io import (  # noqa: E402,F401  (EXAMPLE_* and the models are part of this module's API)
     EXAMPLE_DOCUMENT,
     EXAMPLE_INPUT,
     MAX_SENTENCES,
@@ -38,8 +38,8 @@ from service.io import (  # noqa: E402,F401  (EXAMPLE_* and the models are part 
     PredictResponse,
     invalid,
 )
-from service.middleware import GuardMiddleware  # noqa: E402
-from service.reload import ProductionWatcher  # noqa: E402
+from stancewatch.service.middleware import GuardMiddleware  # noqa: E402
+from stancewatch.service.reload import ProductionWatcher  # noqa: E402
 
 logger = logging.getLogger("stancewatch.service")
 MAX_BODY_BYTES = int(os.environ.get("STANCEWATCH_MAX_BODY_BYTES") or 1_000_000)
@@ -88,7 +88,7 @@ class StanceService:
     model_ref = bentoml.models.BentoModel(serving_tag())
 
     def __init__(self) -> None:
-        from model.predictor import StanceModel
+        from stancewatch.model.predictor import StanceModel
 
         # The event loop and the inference thread share the GIL; a shorter switch interval than the
         # default 5 ms lets the inference thread take it back sooner. On two cores this made no
@@ -97,7 +97,7 @@ class StanceService:
 
         self.backend_choice = BACKEND
         self.model = StanceModel(Path(self.model_ref.path), backend=BACKEND, threads=THREADS, tag=str(self.model_ref.tag))
-        from model.language import detect_languages
+        from stancewatch.model.language import detect_languages
 
         detect_languages(["Load the language models now, not in the first request."])  # ~2 s, once
         self.tag = self.model.tag
@@ -127,7 +127,7 @@ class StanceService:
     @bentoml.api(input_spec=DocumentRequest)
     async def predict_document(self, text: str, id: Optional[str] = None) -> DocumentResponse:
         """Split a document into sentences, classify each with the one before it, and summarise per target."""
-        from model.splitter import split_sentences, with_context
+        from stancewatch.model.splitter import split_sentences, with_context
 
         parts = await asyncio.to_thread(split_sentences, text)
         if not parts:

@@ -33,8 +33,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _load_data(paths: list[Path], schema_file: Optional[Path], drop_conflicts: bool):
-    from model.schema import Schema, SchemaError
-    from training.data import DataValidationError, load_labelled
+    from stancewatch.model.schema import Schema, SchemaError
+    from stancewatch.training.data import DataValidationError, load_labelled
 
     try:
         schema = Schema.load(schema_file) if schema_file else None
@@ -94,8 +94,8 @@ def train(
     margin: float = typer.Option(0.5, "--margin", help="auto: promote unless mean F_avg drops by more than this many points."),
 ) -> None:
     """Train a new model version and print its tag and dev metrics."""
-    from training.config import TrainConfig
-    from training.data import DEFAULT_CORPUS
+    from stancewatch.training.config import TrainConfig
+    from stancewatch.training.data import DEFAULT_CORPUS
 
     if promote not in ("auto", "always", "never"):
         _fail(f"--promote must be auto, always or never, got {promote!r}", 2)
@@ -117,7 +117,7 @@ def train(
     _print_schema(labelled.schema)
     dev_data = None
     if dev:
-        from training.data import DataValidationError, load_labelled
+        from stancewatch.training.data import DataValidationError, load_labelled
 
         try:
             dev_data = load_labelled(dev, schema=labelled.schema, drop_conflicts=drop_conflicts)
@@ -125,7 +125,7 @@ def train(
             _fail(str(exc), 2)
         _print_data_report(dev_data, "dev data")
 
-    from training.train import train as run_training
+    from stancewatch.training.train import train as run_training
 
     result = run_training(labelled, cfg, dev=dev_data, promote=promote, margin=margin, extra_metadata=extra_metadata)
     console.print(f"new model version: [bold]{result.tag}[/]", highlight=False)
@@ -134,9 +134,9 @@ def train(
 
 
 def _merge_with_production(paths: list[Path], schema_file: Optional[Path], drop_conflicts: bool):
-    from model import store
-    from model.schema import Schema
-    from training.data import DataValidationError, load_labelled, merge
+    from stancewatch.model import store
+    from stancewatch.model.schema import Schema
+    from stancewatch.training.data import DataValidationError, load_labelled, merge
 
     try:
         prod = store.resolve(None)
@@ -171,9 +171,9 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", help="Write report.json/.md and PNGs here."),
 ) -> None:
     """Evaluate a model version on any labelled file (with the model's own schema)."""
-    from training.data import DataValidationError, load_labelled
-    from training.evaluate import evaluate_predictions, write_report
-    from training.evaluate import gold_lists
+    from stancewatch.training.data import DataValidationError, load_labelled
+    from stancewatch.training.evaluate import evaluate_predictions, write_report
+    from stancewatch.training.evaluate import gold_lists
 
     m = _load_model(model, backend)
     try:
@@ -193,8 +193,8 @@ def evaluate(
 
 
 def _load_model(ref: Optional[str], backend: str = "auto"):
-    from model.predictor import BACKENDS, StanceModel
-    from model.store import ModelNotFound
+    from stancewatch.model.predictor import BACKENDS, StanceModel
+    from stancewatch.model.store import ModelNotFound
 
     if backend not in BACKENDS:
         _fail(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}", 2)
@@ -213,7 +213,7 @@ def predict(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Classify sentences (or a whole document) and print a table."""
-    from model.splitter import split_sentences, with_context
+    from stancewatch.model.splitter import split_sentences, with_context
 
     if not sentences and not document:
         _fail("give sentences or --document FILE", 2)
@@ -259,9 +259,9 @@ def crossval(
         help="Folds of whole articles (doc_id column) or of sentences; default: by article when the data has doc_id."),
 ) -> None:
     """k-fold cross-validation of the training recipe; saves no model."""
-    from training.config import TrainConfig
-    from training.crossval import cross_validate
-    from training.data import DEFAULT_CORPUS, has_groups
+    from stancewatch.training.config import TrainConfig
+    from stancewatch.training.crossval import cross_validate
+    from stancewatch.training.data import DEFAULT_CORPUS, has_groups
 
     labelled = _load_data(list(data) if data else list(DEFAULT_CORPUS), schema, False)
     cfg = TrainConfig.from_file(config) if config else TrainConfig()
@@ -295,8 +295,8 @@ def suggest(
     id_field: str = typer.Option("id", "--id-field"),
 ) -> None:
     """Pick the sentences the model is least sure about, as a CSV to label next."""
-    from scoring.readers import InputError, ReadOptions, Record, iter_items
-    from training.suggest import STRATEGIES, candidates, select, write_suggestions
+    from stancewatch.scoring.readers import InputError, ReadOptions, Record, iter_items
+    from stancewatch.training.suggest import STRATEGIES, candidates, select, write_suggestions
 
     if strategy not in STRATEGIES:
         _fail(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}", 2)
@@ -327,8 +327,8 @@ def init(
     priority. When it finishes it goes through the usual promotion gate, and a running service
     switches to it by itself (STANCEWATCH_RELOAD_SECONDS).
     """
-    from model import store
-    from training.config import FIRST_START
+    from stancewatch.model import store
+    from stancewatch.training.config import FIRST_START
 
     versions = store.list_versions()
     if versions and not force:
@@ -348,7 +348,7 @@ def _train_in_background() -> None:
     """Start `stancewatch train` (the full default recipe) detached, niced, logging to the store."""
     import subprocess
 
-    from model import store
+    from stancewatch.model import store
 
     home = store.bentoml_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -368,7 +368,7 @@ def _train_in_background() -> None:
 @models_app.command("list")
 def models_list() -> None:
     """Versions, newest first, with key metrics and the production mark."""
-    from model import store
+    from stancewatch.model import store
 
     prod = store.production_tag()
     table = Table()
@@ -389,7 +389,7 @@ def models_list() -> None:
 @models_app.command("show")
 def models_show(tag: str = typer.Argument(..., help="Version tag.")) -> None:
     """Print a version's stored evaluation report and metadata."""
-    from model import store
+    from stancewatch.model import store
 
     try:
         m = store.get(tag)
@@ -405,7 +405,7 @@ def models_show(tag: str = typer.Argument(..., help="Version tag.")) -> None:
 @models_app.command("promote")
 def models_promote(tag: str = typer.Argument(...)) -> None:
     """Make a version production (atomically)."""
-    from model import store
+    from stancewatch.model import store
 
     try:
         console.print(f"production is now {store.promote(tag)}", highlight=False)
@@ -416,7 +416,7 @@ def models_promote(tag: str = typer.Argument(...)) -> None:
 @models_app.command("rollback")
 def models_rollback() -> None:
     """Return production to the previous production version."""
-    from model import store
+    from stancewatch.model import store
 
     try:
         console.print(f"production is now {store.rollback()}", highlight=False)
@@ -451,7 +451,7 @@ def serve(
     if model:
         env["STANCEWATCH_MODEL"] = model
     root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "bentoml", "serve", "service.service:StanceService", "--host", host, "--port", str(port)]
+    cmd = [sys.executable, "-m", "bentoml", "serve", "stancewatch.service.service:StanceService", "--host", host, "--port", str(port)]
     # Replace this process with the server, so a SIGTERM to this PID (systemd, a container runtime)
     # reaches `bentoml serve` itself instead of orphaning it.
     sys.stdout.flush()
@@ -473,6 +473,8 @@ def score(
     doc_summary: Optional[Path] = typer.Option(None, "--doc-summary", help="Also write per-document label shares here."),
     chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Records per checkpoint (default 256 documents / 4096 sentences); with --engine ray, records per Ray round (default 16384)."),
     max_member_mb: float = typer.Option(200, "--max-member-mb", help="Uncompressed size limit per archive member (MB)."),
+    keep_fields: str = typer.Option("", "--keep-fields", help="Input fields copied to every output row and the document summary, e.g. date,outlet,url (a record missing one is a reject)."),
+    date_fields: str = typer.Option("date", "--date-fields", help="Kept fields that must be ISO 8601 dates (one that does not parse is a reject)."),
     engine: str = typer.Option("local", "--engine", help="local: this process | ray: Ray Data (local Ray or --ray-address)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: ray://host:10001, auto, or none for a local Ray."),
     ray_actors: Optional[int] = typer.Option(None, "--ray-actors", help="With --engine ray: model replicas (default: CPUs - 1)."),
@@ -483,9 +485,9 @@ def score(
 
     from tqdm import tqdm
 
-    from scoring.pipeline import UNITS, score as run_score
-    from scoring.readers import InputError, check_inputs, count_items
-    from scoring.writer import OutputError, output_format
+    from stancewatch.scoring.pipeline import UNITS, score as run_score
+    from stancewatch.scoring.readers import InputError, check_inputs, count_items
+    from stancewatch.scoring.writer import OutputError, output_format
 
     if engine not in ("local", "ray"):
         _fail(f"--engine must be local or ray, got {engine!r}", 2)
@@ -495,6 +497,9 @@ def score(
         _fail("--resume is not supported with --engine ray; rerun the job", 2)
     if ray_actors is not None and ray_actors < 1:
         _fail("--ray-actors must be at least 1", 2)
+    keep = tuple(dict.fromkeys(f.strip() for f in keep_fields.split(",") if f.strip()))
+    if keep and engine == "ray":
+        _fail("--keep-fields is local-engine only for now", 2)
     if unit not in UNITS:
         _fail(f"--unit must be one of {', '.join(UNITS)}, got {unit!r}", 2)
     try:
@@ -522,7 +527,7 @@ def score(
 
     try:
         if engine == "ray":
-            from scoring.ray_engine import RayEngineError, score_ray
+            from stancewatch.scoring.ray_engine import RayEngineError, score_ray
 
             try:
                 result = score_ray(list(inputs), out, m.folder, unit=unit, text_field=text_field, id_field=id_field,
@@ -536,8 +541,9 @@ def score(
         else:
             result = run_score(list(inputs), out, m, unit=unit, text_field=text_field, id_field=id_field,
                                resume=resume, chunk_size=chunk_size, doc_summary=doc_summary,
-                               max_member_bytes=int(max_member_mb * 1024 * 1024), on_start=on_start,
-                               on_chunk=on_chunk)
+                               max_member_bytes=int(max_member_mb * 1024 * 1024), keep_fields=keep,
+                               date_fields=tuple(f.strip() for f in date_fields.split(",") if f.strip()),
+                               on_start=on_start, on_chunk=on_chunk)
     except (InputError, OutputError, ValueError) as exc:
         bar.close()
         _fail(str(exc), 2)
@@ -551,6 +557,28 @@ def score(
                   f"sentences/s this run)", highlight=False)
     console.print(f"output: {result.out}; rejects: {result.rejects}"
                   + (f"; document summary: {doc_summary}" if doc_summary else ""), highlight=False)
+
+
+@app.command()
+def report(
+    scores: Path = typer.Argument(..., help="A sentence output of `stancewatch score` (.parquet, .jsonl or .csv)."),
+    out: Path = typer.Option(..., "--out", help="The HTML file to write (self-contained, opens offline)."),
+    by: Optional[str] = typer.Option(None, "--by", help="A kept field to group by, e.g. outlet."),
+    over: Optional[str] = typer.Option(None, "--over", help="A kept date field for shares over time, e.g. date."),
+    top: int = typer.Option(5, "--top", help="Most confident sentences shown per target and label (0: none)."),
+) -> None:
+    """Write an HTML report of a scoring output: label shares overall, by group and over time, with counts."""
+    import time
+
+    from stancewatch.report import ReportError, build_report
+
+    started = time.perf_counter()
+    try:
+        t = build_report(scores, out, by=by, over=over, top_k=top)
+    except ReportError as exc:
+        _fail(str(exc), 2)
+    console.print(f"report: {out} ({t.documents} documents, {t.sentences} sentences, "
+                  f"{time.perf_counter() - started:.1f} s)", highlight=False)
 
 
 def main() -> None:

@@ -89,9 +89,9 @@ def tiny_csv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_base, tiny_csv):
     """A trained (2 steps) tiny model saved as a version in the session store and promoted."""
-    from training.config import TrainConfig
-    from training.data import load_labelled
-    from training.train import train
+    from stancewatch.training.config import TrainConfig
+    from stancewatch.training.data import load_labelled
+    from stancewatch.training.train import train
 
     data = load_labelled([tiny_csv])
     cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64,

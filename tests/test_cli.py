@@ -2,7 +2,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from model import store
+from stancewatch.model import store
 from stancewatch.cli import app
 
 runner = CliRunner()
@@ -95,7 +95,7 @@ def test_first_start_trains_the_quick_recipe_then_the_full_one_in_the_background
     import subprocess
 
     import stancewatch.cli as cli
-    from training.config import FIRST_START
+    from stancewatch.training.config import FIRST_START
 
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "empty-store"))  # where the PID file and log go
     monkeypatch.setattr(store, "list_versions", lambda: [])  # a fresh store

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from training import corpus
-from training.data import DATA_DIR, NEWS_TEST, grouped_folds, grouped_split, load_labelled
+from stancewatch.training import corpus
+from stancewatch.training.data import DATA_DIR, NEWS_TEST, grouped_folds, grouped_split, load_labelled
 
 ARTICLES = """### id=X-01 | genre=wire | date=2025-11-20 | outlet=Test Wire | headline=Two sentences
 N N | Flights between the two countries were cut by a third, the airline said.

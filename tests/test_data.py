@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from training.data import DATA_DIR, DEFAULT_CORPUS, DataValidationError, load_labelled, stratified_split
+from stancewatch.training.data import DATA_DIR, DEFAULT_CORPUS, DataValidationError, load_labelled, stratified_split
 
 
 def write_csv(path, header, rows):
@@ -71,7 +71,7 @@ def test_every_problem_is_reported_with_row_field_and_allowed_values(tmp_path):
 
 
 def test_unknown_target_against_a_given_schema(tmp_path):
-    from model.schema import default_schema
+    from stancewatch.model.schema import default_schema
 
     p = write_csv(tmp_path / "l.csv", ["text", "target", "label"], [["A.", "taiwan_policy", "none"], ["B.", "economy", "favor"]])
     with pytest.raises(DataValidationError) as exc:
@@ -203,7 +203,7 @@ def test_argilla_records(tmp_path):
 
 
 def test_a_user_schema_with_capitalised_labels_accepts_its_own_labels(tmp_path):
-    from model.schema import Schema
+    from stancewatch.model.schema import Schema
 
     schema_file = tmp_path / "schema.yaml"
     schema_file.write_text("neutral_label: Neutral\ntargets:\n  - name: climate\n"

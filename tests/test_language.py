@@ -8,8 +8,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from model.language import corpus_languages, detect_languages, supported_flags
-from model.predictor import StanceModel
+from stancewatch.model.language import corpus_languages, detect_languages, supported_flags
+from stancewatch.model.predictor import StanceModel
 
 # Written for these tests: the same kind of news sentence in other languages, and short English ones.
 FOREIGN = {
@@ -59,7 +59,7 @@ def test_predict_gives_no_labels_to_unsupported_sentences(tiny_model):
 def svc(tiny_model):
     import importlib
 
-    import service.service as module
+    import stancewatch.service.service as module
 
     module = importlib.reload(module)
     service = module.StanceService()
@@ -81,7 +81,7 @@ def test_service_document_summary_counts_unsupported_apart(svc):
 
 
 def test_batch_output_leaves_unsupported_sentences_empty(tmp_path, tiny_model):
-    from scoring.pipeline import score
+    from stancewatch.scoring.pipeline import score
 
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": "a", "text": f"{ENGLISH[0]} {FOREIGN['es']}"}) + "\n", encoding="utf-8")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.schema import Schema, Target
-from training.evaluate import evaluate_predictions, expected_calibration_error, fit_temperature
+from stancewatch.model.schema import Schema, Target
+from stancewatch.training.evaluate import evaluate_predictions, expected_calibration_error, fit_temperature
 
 LABELS = ("favor", "against", "none")
 

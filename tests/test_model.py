@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from model.encoding import InputEncoder, collate, plan_batches
-from model.predictor import StanceModel
+from stancewatch.model.encoding import InputEncoder, collate, plan_batches
+from stancewatch.model.predictor import StanceModel
 
 
 @pytest.fixture(scope="module")

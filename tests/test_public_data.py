@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import SHARED
-from training.data import load_labelled
+from stancewatch.training.data import load_labelled
 
 DATA = SHARED / "data"
 pytestmark = pytest.mark.skipif(not DATA.exists(), reason="../shared/data is not present")

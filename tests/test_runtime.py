@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from model.predictor import SETTINGS_FILE, StanceModel
-from training.config import TrainConfig
-from training.data import DEFAULT_CORPUS, load_labelled
-from training.train import train
+from stancewatch.model.predictor import SETTINGS_FILE, StanceModel
+from stancewatch.training.config import TrainConfig
+from stancewatch.training.data import DEFAULT_CORPUS, load_labelled
+from stancewatch.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +57,13 @@ def test_openvino_agrees_with_torch_and_restores_order(optimised):
 def test_failed_validation_falls_back(optimised, monkeypatch, tmp_path):
     import shutil
 
-    from training import optimise as opt
+    from stancewatch.training import optimise as opt
 
     folder = tmp_path / "copy"
     shutil.copytree(optimised.folder, folder)
     monkeypatch.setattr(opt, "MIN_AGREEMENT", 1.01)  # nothing can pass
     data = load_labelled(DEFAULT_CORPUS)
-    from model.predictor import StanceModel as SM
+    from stancewatch.model.predictor import StanceModel as SM
 
     net = SM(folder, backend="torch").backend.network
     runtime = opt.optimise(folder, net, data.examples[:40], data.examples[40:80])
@@ -74,8 +74,9 @@ def test_failed_validation_falls_back(optimised, monkeypatch, tmp_path):
 
 def test_openvino_process_never_imports_torch(optimised):
     code = (
-        "import sys; from model.predictor import StanceModel; "
-        "import stancewatch.cli, scoring.pipeline, scoring.readers, scoring.writer, service.io, service.batching, model.store; "
+        "import sys; from stancewatch.model.predictor import StanceModel; "
+        "import stancewatch.cli, stancewatch.scoring.pipeline, stancewatch.scoring.readers, stancewatch.scoring.writer, "
+        "stancewatch.service.io, stancewatch.service.batching, stancewatch.model.store; "
         f"m = StanceModel({str(optimised.folder)!r}, backend='openvino', precision='int8'); "
         "m.predict(['A sentence.']); "
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
@@ -87,8 +88,8 @@ def test_openvino_process_never_imports_torch(optimised):
 def _gate_case(n: int, flips: int, seed: int = 0):
     """Gold labels for n dev sentences, a perfect reference, and a candidate with `flips` of its
     correct stance predictions turned to `none` (each one costs F_avg)."""
-    from model.schema import default_schema
-    from training.data import Example
+    from stancewatch.model.schema import default_schema
+    from stancewatch.training.data import Example
 
     schema = default_schema()
     rng = np.random.default_rng(seed)
@@ -104,11 +105,11 @@ def _gate_case(n: int, flips: int, seed: int = 0):
 
 
 def test_gate_lets_one_flip_through_and_stops_a_real_drop():
-    from training.optimise import MAX_F_AVG_DROP, SIGNIFICANCE, f_avg_drop_p_value
+    from stancewatch.training.optimise import MAX_F_AVG_DROP, SIGNIFICANCE, f_avg_drop_p_value
 
     # One flip on a 132-sentence dev split: an F_avg drop over 0.5 points, but not a significant one.
-    from training.evaluate import evaluate_predictions
-    from training.evaluate import gold_lists
+    from stancewatch.training.evaluate import evaluate_predictions
+    from stancewatch.training.evaluate import gold_lists
 
     schema, ex, ref, cand = _gate_case(132, 1)
     score = lambda p: evaluate_predictions(  # noqa: E731

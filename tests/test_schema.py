@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from model.schema import Schema, SchemaError, Target, default_schema
+from stancewatch.model.schema import Schema, SchemaError, Target, default_schema
 
 
 def test_default_schema_matches_the_spec():

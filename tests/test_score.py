@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model.predictor import StanceModel
-from model.splitter import split_sentences, with_context
-from scoring.pipeline import score
-from scoring.readers import ReadOptions, Record, Reject, iter_items
-from scoring.writer import OutputError
+from stancewatch.model.predictor import StanceModel
+from stancewatch.model.splitter import split_sentences, with_context
+from stancewatch.scoring.pipeline import score
+from stancewatch.scoring.readers import ReadOptions, Record, Reject, iter_items
+from stancewatch.scoring.writer import OutputError
 
 REPO = Path(__file__).resolve().parent.parent
 ARTICLES = [
@@ -219,7 +219,7 @@ def test_csv_rejects_and_missing_column(tmp_path):
 
 
 def test_missing_input_and_unwritable_output_stop_the_run(tmp_path, model):
-    from scoring.readers import InputError
+    from stancewatch.scoring.readers import InputError
 
     with pytest.raises(InputError, match="not found"):
         score([tmp_path / "nope.jsonl"], tmp_path / "o.parquet", model)
@@ -306,7 +306,7 @@ def test_resume_needs_the_same_settings_and_an_unfinished_run_needs_resume(tmp_p
 
 
 def test_in_process_resume_gives_the_uninterrupted_output(tmp_path, model, monkeypatch):
-    import scoring.writer as writer
+    import stancewatch.scoring.writer as writer
 
     src = tmp_path / "many.jsonl"
     src.write_bytes(_jsonl_bytes([(f"d{i}", ARTICLES[i % 3][1]) for i in range(20)]) + b"oops\n")

@@ -13,9 +13,9 @@ import pytest
 ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'ray[data]' to test --engine ray")
 pytest.importorskip("ray.data", reason="ray is installed without Ray Data: pip install 'ray[data]'")
 
-from model.predictor import StanceModel  # noqa: E402
-from scoring.pipeline import score  # noqa: E402
-from scoring.ray_engine import score_ray  # noqa: E402
+from stancewatch.model.predictor import StanceModel  # noqa: E402
+from stancewatch.scoring.pipeline import score  # noqa: E402
+from stancewatch.scoring.ray_engine import score_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -119,8 +119,8 @@ def test_split_rejects_travel_through_the_actor_step(tiny_model, monkeypatch):
     """Records the splitter fails on become reject rows that the Predictor passes on (no Ray needed)."""
     import pyarrow as pa
 
-    import scoring.pipeline as pipeline
-    from scoring.ray_engine import REJECT, Predictor, _records_table, read_model_folder, split_batch
+    import stancewatch.scoring.pipeline as pipeline
+    from stancewatch.scoring.ray_engine import REJECT, Predictor, _records_table, read_model_folder, split_batch
 
     real = pipeline.split_sentences
 

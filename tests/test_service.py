@@ -19,7 +19,7 @@ def svc_module(tiny_model):
     old = os.environ.get("STANCEWATCH_MODEL")
     os.environ["STANCEWATCH_MODEL"] = tiny_model.tag
     try:
-        import service.service as module
+        import stancewatch.service.service as module
 
         if str(module.StanceService.models[0].tag) != tiny_model.tag:
             module = importlib.reload(module)
@@ -126,7 +126,7 @@ def test_model_info(svc, tiny_model):
     assert info["data_fingerprint"] == tiny_model.metadata["data_fingerprint"]
     assert info["base_model"] == tiny_model.metadata["base_model"]
     assert "mean_f_avg" in info["metrics"] and info["created_at"]
-    from service.service import ModelInfo
+    from stancewatch.service.service import ModelInfo
 
     assert ModelInfo.model_validate(info).model_dump(by_alias=True)["schema"] == info["schema"]
 
@@ -142,7 +142,7 @@ def test_access_log_is_on_by_default_and_can_be_turned_off(svc_module, tiny_mode
 
     assert svc_module.StanceService.config["logging"]["access"]["enabled"] is True
     env = {**os.environ, "STANCEWATCH_MODEL": tiny_model.tag, "STANCEWATCH_ACCESS_LOG": "0"}
-    code = "import service.service as s; print(s.StanceService.config['logging']['access']['enabled'])"
+    code = "import stancewatch.service.service as s; print(s.StanceService.config['logging']['access']['enabled'])"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
@@ -153,7 +153,7 @@ def test_import_fails_clearly_without_a_model(tiny_model):
     import sys
 
     env = {**os.environ, "STANCEWATCH_MODEL": "stancewatch:nosuchversion"}
-    done = subprocess.run([sys.executable, "-c", "import service.service"], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", "import stancewatch.service.service"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode != 0
     assert "nosuchversion" in done.stderr and "stancewatch train" in done.stderr
@@ -212,7 +212,7 @@ def test_example_input_is_valid_and_in_the_openapi_schema(svc_module):
 
 
 def _batcher(max_items=4, delay=0.0, fail_on=None):
-    from service.batching import MicroBatcher
+    from stancewatch.service.batching import MicroBatcher
 
     seen = []
 
@@ -261,7 +261,7 @@ def test_batcher_reports_errors_and_keeps_serving():
 
 
 def test_batcher_skips_cancelled_requests():
-    from service.batching import MicroBatcher
+    from stancewatch.service.batching import MicroBatcher
 
     gate = threading.Event()
     calls = []
@@ -290,7 +290,7 @@ def test_batcher_skips_cancelled_requests():
 
 
 def test_batcher_shares_batches_between_a_long_and_a_short_request():
-    from service.batching import MicroBatcher
+    from stancewatch.service.batching import MicroBatcher
 
     gate, calls = threading.Event(), []
 
@@ -321,7 +321,7 @@ def test_batcher_shares_batches_between_a_long_and_a_short_request():
 
 
 def test_batcher_rejects_a_bad_budget():
-    from service.batching import MicroBatcher
+    from stancewatch.service.batching import MicroBatcher
 
     with pytest.raises(ValueError):
         MicroBatcher(lambda items: items, max_items=0)
@@ -336,7 +336,7 @@ def _guarded_app(**options):
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from service.middleware import GuardMiddleware
+    from stancewatch.service.middleware import GuardMiddleware
 
     async def echo(request):
         return JSONResponse({"bytes": len(await request.body())})
@@ -380,11 +380,11 @@ def test_middleware_api_key():
 
 
 def test_production_change_is_served_without_dropping_requests(svc, tiny_base, tiny_csv, tiny_model):
-    from model import store
-    from service.reload import ProductionWatcher
-    from training.config import TrainConfig
-    from training.data import load_labelled
-    from training.train import train
+    from stancewatch.model import store
+    from stancewatch.service.reload import ProductionWatcher
+    from stancewatch.training.config import TrainConfig
+    from stancewatch.training.data import load_labelled
+    from stancewatch.training.train import train
 
     cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=1, batch_size=4, max_length=64, optimise=False)
     new = train(load_labelled([tiny_csv]), cfg, progress=False, promote="never")
@@ -412,7 +412,7 @@ def test_production_change_is_served_without_dropping_requests(svc, tiny_base, t
 
 
 def test_batcher_waits_briefly_to_fill_batches_only_under_load():
-    from service.batching import MicroBatcher
+    from stancewatch.service.batching import MicroBatcher
 
     seen = []
 

@@ -101,7 +101,7 @@ def _assert_error(r: requests.Response, status: int, loc: list | None = None, ki
 def test_sync_client_predict_and_document(server, tiny_model):
     import bentoml
 
-    from service.service import EXAMPLE_DOCUMENT, EXAMPLE_INPUT
+    from stancewatch.service.service import EXAMPLE_DOCUMENT, EXAMPLE_INPUT
 
     with bentoml.SyncHTTPClient(server, token=API_KEY) as client:
         out = client.predict(**EXAMPLE_INPUT)

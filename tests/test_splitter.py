@@ -1,4 +1,4 @@
-from model.splitter import split_sentences, with_context
+from stancewatch.model.splitter import split_sentences, with_context
 
 # Written for this test: news-style text with abbreviations, initials, decimals and quotes.
 ARTICLE = (

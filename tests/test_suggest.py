@@ -4,8 +4,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from stancewatch.cli import app
-from training.suggest import Candidate, select, uncertainty
-from training.data import load_labelled
+from stancewatch.training.suggest import Candidate, select, uncertainty
+from stancewatch.training.data import load_labelled
 
 
 def test_uncertainty_orders():

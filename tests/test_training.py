@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model import store
-from model.predictor import StanceModel, write_artifact
-from training.config import TrainConfig
-from training.data import load_labelled
-from training.train import fit, predict_logits, train
+from stancewatch.model import store
+from stancewatch.model.predictor import StanceModel, write_artifact
+from stancewatch.training.config import TrainConfig
+from stancewatch.training.data import load_labelled
+from stancewatch.training.train import fit, predict_logits, train
 
 
 def tiny_cfg(base, **kw):
@@ -113,7 +113,7 @@ def test_unknown_tag_is_a_clear_error():
 def test_weight_averaging_keeps_an_average_of_the_trajectory(tiny_base, tiny_csv):
     import torch
 
-    from model.network import StanceNetwork
+    from stancewatch.model.network import StanceNetwork
 
     data = load_labelled([tiny_csv])
     ex = data.examples
@@ -135,7 +135,7 @@ def test_weight_averaging_keeps_an_average_of_the_trajectory(tiny_base, tiny_csv
 
 
 def test_base_without_tokenizer_json_gets_one_and_its_temp_folder_goes(tiny_base, tiny_csv, tmp_path, monkeypatch):
-    import training.train as train_module
+    import stancewatch.training.train as train_module
 
     base = tmp_path / "base"
     shutil.copytree(tiny_base, base, ignore=shutil.ignore_patterns("tokenizer.json"))
@@ -158,7 +158,7 @@ def test_base_without_tokenizer_json_gets_one_and_its_temp_folder_goes(tiny_base
 
 
 def test_frozen_embeddings_stay_and_the_rest_trains(tiny_base, tiny_csv):
-    from model.network import StanceNetwork
+    from stancewatch.model.network import StanceNetwork
 
     data = load_labelled([tiny_csv])
     ex = data.examples
@@ -181,7 +181,7 @@ def torch_equal(a, b) -> bool:
 
 
 def test_task_adaptive_pretraining_changes_the_encoder_and_is_recorded(tiny_base, tiny_csv):
-    from model.network import StanceNetwork
+    from stancewatch.model.network import StanceNetwork
 
     data = load_labelled([tiny_csv])
     ex = data.examples
@@ -234,7 +234,7 @@ def test_members_are_averaged_greedily_and_recorded(tiny_base, tiny_csv):
     assert souped.best_epoch == soup["best_epoch"] == best["best_epoch"]
     # The kept weights score what the soup recorded.
     enc = souped.encoder.encode([e.text for e in ex], [e.context or None for e in ex])
-    from training.evaluate import evaluate_predictions, gold_lists, split_probs
+    from stancewatch.training.evaluate import evaluate_predictions, gold_lists, split_probs
 
     report = evaluate_predictions(data.schema, gold_lists(ex, data.schema),
                                   split_probs(predict_logits(souped.network, souped.encoder, enc), data.schema))
@@ -244,7 +244,7 @@ def test_members_are_averaged_greedily_and_recorded(tiny_base, tiny_csv):
 
 
 def _news_subset(n_docs: int):
-    from training.data import DATA_DIR
+    from stancewatch.training.data import DATA_DIR
 
     data = load_labelled([DATA_DIR / "news_train.csv"])
     docs = sorted({e.group for e in data.examples})[:n_docs]
@@ -253,7 +253,7 @@ def _news_subset(n_docs: int):
 
 
 def test_temperatures_are_fitted_on_a_split_that_early_stopping_never_saw(tiny_base):
-    from training.train import calibration_split, training_split
+    from stancewatch.training.train import calibration_split, training_split
 
     data = _news_subset(30)
     cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=8, max_length=64, optimise=False,
@@ -277,7 +277,7 @@ def test_temperatures_are_fitted_on_a_split_that_early_stopping_never_saw(tiny_b
 
 
 def test_crossval_by_article_keeps_articles_whole(tiny_base):
-    from training.crossval import cross_validate
+    from stancewatch.training.crossval import cross_validate
 
     data = _news_subset(12)
     cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=1, batch_size=8, max_length=64, optimise=False)

@@ -8,11 +8,11 @@ Writing format (one file holds several articles; see docs/labelling-guide.md, "W
 
     N N | A blank line starts a new paragraph.
 
-`python -m training.corpus build OUT.csv FILES...` writes the wide CSV the loader reads (doc_id,
+`python -m stancewatch.training.corpus build OUT.csv FILES...` writes the wide CSV the loader reads (doc_id,
 sentence_index, genre, date, outlet, text, context, one column per target), each sentence's context
 being the sentence before it in its article, as `POST /predict_document` reads it.
-`python -m training.corpus blind OUT_DIR FILES...` writes the same articles without labels for a
-second, independent annotator, and `python -m training.corpus agree FILES... --second LABELS...`
+`python -m stancewatch.training.corpus blind OUT_DIR FILES...` writes the same articles without labels for a
+second, independent annotator, and `python -m stancewatch.training.corpus agree FILES... --second LABELS...`
 reports Cohen's kappa per target and lists the disagreements to adjudicate.
 """
 
@@ -151,7 +151,7 @@ def write_csv(articles: list[Article], out: Path) -> int:
 
 def splitter_mismatches(articles: list[Article]) -> list[str]:
     """Articles whose running text the service's splitter cuts into other sentences than written."""
-    from model.splitter import split_sentences
+    from stancewatch.model.splitter import split_sentences
 
     out = []
     for art in articles:
@@ -300,7 +300,7 @@ def stats_markdown(csv_path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.corpus", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stancewatch.training.corpus", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="labelled article files -> wide CSV")
     b.add_argument("out", type=Path)

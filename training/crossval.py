@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.config import TrainConfig
-from training.data import LabelledData, grouped_folds, grouped_split, stratified_folds, stratified_split
-from training.evaluate import evaluate_predictions, gold_lists, split_probs
-from training.train import fit, predict_logits
+from stancewatch.training.config import TrainConfig
+from stancewatch.training.data import LabelledData, grouped_folds, grouped_split, stratified_folds, stratified_split
+from stancewatch.training.evaluate import evaluate_predictions, gold_lists, split_probs
+from stancewatch.training.train import fit, predict_logits
 
 
 def cross_validate(data: LabelledData, cfg: TrainConfig, folds: int = 5, progress: bool = True,

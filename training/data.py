@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from model.schema import Schema, SchemaError, default_schema
+from stancewatch.model.schema import Schema, SchemaError, default_schema
 
 # Columns that are never targets. `doc_id` also groups a document's sentences, so that splits and
 # by-article cross-validation never put one article on both sides (see `grouped_split`).
@@ -140,7 +140,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
             encoding="utf-8-sig", **kwargs,
         )
     elif kind == "json":
-        from training.importers import read_export
+        from stancewatch.training.importers import read_export
 
         exported = read_export(path)
         if exported is not None:  # a Label Studio or Argilla export

@@ -13,14 +13,14 @@ from typing import Sequence
 
 import numpy as np
 
-from model.schema import Schema
+from stancewatch.model.schema import Schema
 
 N_BINS = 10
 
 
 def split_probs(logits: np.ndarray, schema: Schema, temperatures: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """Per-target probabilities from the concatenated logits, each target at its temperature."""
-    from model.predictor import split_softmax
+    from stancewatch.model.predictor import split_softmax
 
     temps = [(temperatures or {}).get(t.name, 1.0) for t in schema.targets]
     probs = split_softmax(logits, [len(t.labels) for t in schema.targets], temps)

@@ -10,10 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
-from model.encoding import InputEncoder, collate, plan_batches
-from model.schema import Schema
-from training.config import TrainConfig
-from training.data import Example
+from stancewatch.model.encoding import InputEncoder, collate, plan_batches
+from stancewatch.model.schema import Schema
+from stancewatch.training.config import TrainConfig
+from stancewatch.training.data import Example
 
 IGNORE = -100  # label id the loss skips (a target without a label)
 

@@ -23,11 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
-from model.encoding import collate
-from model.predictor import SETTINGS_FILE, StanceModel
-from model.runtime import agreement, export_fp32, quantize_int8
-from training.data import Example
-from training.evaluate import evaluate_predictions
+from stancewatch.model.encoding import collate
+from stancewatch.model.predictor import SETTINGS_FILE, StanceModel
+from stancewatch.model.runtime import agreement, export_fp32, quantize_int8
+from stancewatch.training.data import Example
+from stancewatch.training.evaluate import evaluate_predictions
 
 log = logging.getLogger(__name__)
 CALIBRATION_SIZE = 300
@@ -43,7 +43,7 @@ def _probs(model: StanceModel, examples: Sequence[Example]) -> list[np.ndarray]:
 
 
 def _f_avg(model: StanceModel, probs: list[np.ndarray], examples: Sequence[Example]) -> dict[str, float]:
-    from training.evaluate import gold_lists
+    from stancewatch.training.evaluate import gold_lists
 
     report = evaluate_predictions(model.schema, gold_lists(examples, model.schema), dict(zip(model.schema.target_names, probs)))
     return {t: report["targets"][t]["f_avg"] for t in model.schema.target_names}
@@ -53,7 +53,7 @@ def f_avg_drop_p_value(model_schema, dev_ex: Sequence[Example], ref: list[np.nda
                        target: str, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> float:
     """Paired bootstrap: the share of dev resamples in which the candidate's F_avg for `target` is
     not below the reference's (small: the drop is real; about 0.5 or more: it is noise)."""
-    from training.evaluate import gold_lists
+    from stancewatch.training.evaluate import gold_lists
 
     j = model_schema.target_names.index(target)
     gold = gold_lists(dev_ex, model_schema)[target]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from model.schema import Schema
-from training.data import Example
-from training.evaluate import evaluate_predictions
+from stancewatch.model.schema import Schema
+from stancewatch.training.data import Example
+from stancewatch.training.evaluate import evaluate_predictions
 
 MODES = ("auto", "always", "never")
 
@@ -23,9 +23,9 @@ def _same_task(a: Schema, b: Schema) -> bool:
 
 def decide(schema: Schema, dev_ex: Sequence[Example], candidate_report: dict, mode: str, margin: float) -> dict:
     """Return {promote, message, candidate_mean_f_avg, production_tag?, production_mean_f_avg?}."""
-    from model import store
-    from model.predictor import StanceModel
-    from training.evaluate import gold_lists
+    from stancewatch.model import store
+    from stancewatch.model.predictor import StanceModel
+    from stancewatch.training.evaluate import gold_lists
 
     if mode not in MODES:
         raise ValueError(f"promotion mode must be one of {', '.join(MODES)}, got {mode!r}")

@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-from model.splitter import split_sentences, with_context
+from stancewatch.model.splitter import split_sentences, with_context
 
 STRATEGIES = ("margin", "entropy")
 

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 
-from model.encoding import InputEncoder, collate
-from training.config import TrainConfig
+from stancewatch.model.encoding import InputEncoder, collate
+from stancewatch.training.config import TrainConfig
 
 IGNORE = -100
 
@@ -25,7 +25,7 @@ def adapt_encoder(network, encoded, encoder: InputEncoder, cfg: TrainConfig, dev
     import torch
     from transformers import AutoModelForMaskedLM
 
-    from training.loop import linear_schedule, to_device
+    from stancewatch.training.loop import linear_schedule, to_device
 
     added = encoder.tokenizer.get_added_tokens_decoder()
     specials = {i for i, tok in added.items() if tok.special}

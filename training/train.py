@@ -22,12 +22,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from model.encoding import InputEncoder, collate
-from model.schema import Schema
-from training.config import TrainConfig
-from training.data import Example, LabelledData, grouped_split, write_examples
-from training.evaluate import evaluate_predictions, fit_temperature, gold_lists, split_probs, summary, write_report
-from training.loop import (  # noqa: F401  (predict_logits is part of this module's API)
+from stancewatch.model.encoding import InputEncoder, collate
+from stancewatch.model.schema import Schema
+from stancewatch.training.config import TrainConfig
+from stancewatch.training.data import Example, LabelledData, grouped_split, write_examples
+from stancewatch.training.evaluate import evaluate_predictions, fit_temperature, gold_lists, split_probs, summary, write_report
+from stancewatch.training.loop import (  # noqa: F401  (predict_logits is part of this module's API)
     IGNORE,
     autocast,
     label_matrix,
@@ -277,7 +277,7 @@ def fit(
     import torch
     from tqdm.auto import tqdm
 
-    from model.network import StanceNetwork
+    from stancewatch.model.network import StanceNetwork
 
     started = time.time()
     if cfg.threads:
@@ -291,7 +291,7 @@ def fit(
     network = StanceNetwork.from_base(cfg.base_path, [len(t.labels) for t in schema.targets], cfg.dropout).to(device)
     tapt = None
     if cfg.tapt_epochs:
-        from training.tapt import adapt_encoder
+        from stancewatch.training.tapt import adapt_encoder
 
         tapt = adapt_encoder(network, train_enc, encoder, cfg, device, progress)
     if cfg.freeze_embeddings:
@@ -322,7 +322,7 @@ def fit(
         best_state, best_score, best_epoch, history = (members[0].state, members[0].dev_mean_f_avg,
                                                        members[0].best_epoch, members[0].history)
     else:
-        from training.soup import greedy_soup
+        from stancewatch.training.soup import greedy_soup
 
         best_state, soup = greedy_soup(members, lambda **kw: evaluate_dev(run, **kw))
         best_score, best_epoch = soup["dev_mean_f_avg"], soup["best_epoch"]
@@ -378,8 +378,8 @@ def train(
 
     With `save`, the promotion gate (training/promotion.py) decides whether it becomes production.
     """
-    from model.language import corpus_languages
-    from model.predictor import StanceModel, set_temperatures, write_artifact
+    from stancewatch.model.language import corpus_languages
+    from stancewatch.model.predictor import StanceModel, set_temperatures, write_artifact
 
     schema = data.schema
     train_ex, held_ex = training_split(data, cfg, dev)
@@ -398,7 +398,7 @@ def train(
             result.release_scratch()
         runtime = {"backend": "torch", "precision": "fp32"}
         if cfg.optimise:
-            from training.optimise import optimise
+            from stancewatch.training.optimise import optimise
 
             runtime = optimise(staging, result.network, train_ex, dev_ex, seed=cfg.seed)
         # Metrics come from the saved artefact and its chosen runtime, so they are what users get.
@@ -448,8 +448,8 @@ def train(
         }
         tag = None
         if save:
-            from model import store
-            from training.promotion import decide
+            from stancewatch.model import store
+            from stancewatch.training.promotion import decide
 
             decision = decide(schema, calib_ex, report, promote, margin)
             metadata["promotion"] = decision

@@ -37,9 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from scoring.pipeline import Chunk, ChunkDone, ScoreResult, check_job, predict_table, prepare
-from scoring.readers import DEFAULT_MAX_MEMBER_BYTES, ReadOptions, Record, Reject, iter_items
-from scoring.writer import OutputError, doc_schema, output_format, sentence_schema
+from stancewatch.scoring.pipeline import Chunk, ChunkDone, ScoreResult, check_job, predict_table, prepare
+from stancewatch.scoring.readers import DEFAULT_MAX_MEMBER_BYTES, ReadOptions, Record, Reject, iter_items
+from stancewatch.scoring.writer import OutputError, doc_schema, output_format, sentence_schema
 
 DEFAULT_WINDOW = 16384  # input items per Ray round (bounds driver and object-store memory)
 BLOCK_ITEMS = 64  # records per input block (the unit of parallelism of the split step)
@@ -130,7 +130,7 @@ class Predictor:
     def __init__(self, model_files, tag: str, backend: str = "auto", threads: int = 1):
         import ray
 
-        from model.predictor import StanceModel
+        from stancewatch.model.predictor import StanceModel
 
         files = model_files[0] if isinstance(model_files, list) else model_files  # [ref]: not auto-resolved
         if isinstance(files, ray.ObjectRef):
@@ -325,7 +325,7 @@ def score_ray(
     if window < 1:
         raise ValueError("window must be at least 1")
     files = read_model_folder(model_folder)
-    from model.schema import Schema
+    from stancewatch.model.schema import Schema
 
     targets = Schema.load(Path(model_folder) / "schema.json").targets
     schema, dschema = sentence_schema(targets), doc_schema(targets)

@@ -36,24 +36,43 @@ def output_format(path: Path) -> str:
     return fmt
 
 
-def sentence_schema(targets) -> pa.Schema:
-    """Sentence rows: position and text, then per target its label and one probability per label."""
+def sentence_schema(targets, keep_fields=()) -> pa.Schema:
+    """Sentence rows: position and text, then per target its label and one probability per label, then
+    the kept input fields (--keep-fields) as text."""
     fields = [("doc_id", pa.string()), ("source", pa.string()), ("sentence_index", pa.int32()),
               ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string()), ("truncated", pa.bool_()),
               ("language", pa.string()), ("supported", pa.bool_())]
     for t in targets:
         fields.append((t.name, pa.string()))
         fields += [(f"p_{t.name}_{label}", pa.float64()) for label in t.labels]
-    return pa.schema(fields)
+    return pa.schema(_with_kept(fields, keep_fields))
 
 
-def doc_schema(targets) -> pa.Schema:
+def _with_kept(fields: list, keep_fields) -> list:
+    taken = {name for name, _ in fields}
+    clash = [f for f in keep_fields if f in taken]
+    if clash:
+        raise OutputError(f"--keep-fields {', '.join(clash)}: the output already has a column of that name")
+    return fields + [(f, pa.string()) for f in keep_fields]
+
+
+def output_metadata(model_tag: str, schema: dict, unit: str, keep_fields=()) -> dict[bytes, bytes]:
+    """Parquet key-value metadata for the assembled files: what scored them and when (read by
+    `stancewatch report`). Written at assembly, so a resumed job records when it finished."""
+    import datetime as dt
+
+    meta = {"model": model_tag, "schema": schema, "unit": unit, "keep_fields": list(keep_fields),
+            "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    return {b"stancewatch": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
+
+
+def doc_schema(targets, keep_fields=()) -> pa.Schema:
     """Document rows: id, source, sentence count, unsupported-language sentences, then the share of the
     supported sentences with each label."""
     fields = [("doc_id", pa.string()), ("source", pa.string()), ("sentences", pa.int32()), ("unsupported", pa.int32())]
     for t in targets:
         fields += [(f"share_{t.name}_{label}", pa.float64()) for label in t.labels]
-    return pa.schema(fields)
+    return pa.schema(_with_kept(fields, keep_fields))
 
 
 # ---- durable small writes -----------------------------------------------------------------------
@@ -152,12 +171,15 @@ class PartStore:
         _write_json_atomic(self.folder / MANIFEST, manifest)
         self.manifest = manifest
 
-    def finish(self, schema: pa.Schema, doc_summary: Path | None = None, docs_schema: pa.Schema | None = None) -> None:
-        """Assemble the final files from the parts (one part in memory at a time), then drop the folder."""
+    def finish(self, schema: pa.Schema, doc_summary: Path | None = None, docs_schema: pa.Schema | None = None,
+               metadata: dict[bytes, bytes] | None = None) -> None:
+        """Assemble the final files from the parts (one part in memory at a time), then drop the folder.
+        `metadata` goes into the Parquet files' key-value metadata (see `output_metadata`)."""
         parts = self.manifest["parts"]
-        _assemble([self.folder / p["part"] for p in parts], schema, self.out, self.format)
+        _assemble([self.folder / p["part"] for p in parts], schema, self.out, self.format, metadata)
         if doc_summary is not None:
-            _assemble([self.folder / p["docs"] for p in parts], docs_schema, doc_summary, output_format(doc_summary))
+            _assemble([self.folder / p["docs"] for p in parts], docs_schema, doc_summary, output_format(doc_summary),
+                      metadata)
         tmp = self.rejects_path.with_name(f".{self.rejects_path.name}.tmp")
         with open(tmp, "wb") as dst:
             for p in parts:
@@ -170,14 +192,16 @@ class PartStore:
 ROW_GROUP_ROWS = 16_384  # rows per Parquet row group in the assembled file
 
 
-def _assemble(parts: list[Path], schema: pa.Schema, out: Path, fmt: str) -> None:
+def _assemble(parts: list[Path], schema: pa.Schema, out: Path, fmt: str,
+              metadata: dict[bytes, bytes] | None = None) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     if fmt == "parquet":
         # The writer keeps every row group's metadata until it closes: one small row group per part,
         # with min/max statistics of the text columns, made memory grow with the input (+39 MB for
         # 782 parts). Large row groups and no statistics on strings keep it flat.
         stats = [f.name for f in schema if not (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))]
-        with pq.ParquetWriter(tmp, schema, compression="zstd", write_statistics=stats) as w:
+        file_schema = schema.with_metadata(metadata) if metadata else schema
+        with pq.ParquetWriter(tmp, file_schema, compression="zstd", write_statistics=stats) as w:
             pending: list[pa.Table] = []
             rows = 0
             for part in parts:

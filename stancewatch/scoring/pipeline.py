@@ -20,9 +20,9 @@ from typing import Callable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from model.splitter import split_sentences, with_context
-from scoring.readers import DEFAULT_MAX_MEMBER_BYTES, ReadOptions, Record, Reject, check_inputs, iter_items
-from scoring.writer import PartStore, doc_schema, output_format, sentence_schema
+from stancewatch.model.splitter import split_sentences, with_context
+from stancewatch.scoring.readers import DEFAULT_MAX_MEMBER_BYTES, ReadOptions, Record, Reject, check_inputs, iter_items
+from stancewatch.scoring.writer import PartStore, doc_schema, output_format, output_metadata, sentence_schema
 
 UNITS = ("document", "sentence")
 DEFAULT_CHUNK = {"document": 256, "sentence": 4096}  # items per chunk (and per checkpoint)
@@ -43,6 +43,8 @@ class Chunk:
     context: list[str | None] = field(default_factory=list)
     docs: list[tuple[str, str, int]] = field(default_factory=list)  # (doc_id, source, sentence count)
     rejects: list[dict] = field(default_factory=list)
+    kept: list[tuple] = field(default_factory=list)  # per sentence, its document's --keep-fields values
+    doc_kept: list[tuple] = field(default_factory=list)  # the same, per document
 
 
 @dataclass
@@ -96,7 +98,9 @@ def prepare(items: list[Record | Reject], unit: str) -> Chunk:
             chunk.end.append(end)
             chunk.text.append(text)
             chunk.context.append(ctx)
+            chunk.kept.append(item.fields)
         chunk.docs.append((item.doc_id, item.source, len(sentences)))
+        chunk.doc_kept.append(item.fields)
     return chunk
 
 
@@ -172,7 +176,14 @@ def predict_table(model, chunk: Chunk, schema: pa.Schema) -> tuple[pa.Table, lis
         rounded = np.round(p.astype(np.float64), 6)  # as the service and `StanceModel.predict` report them
         for k, label in enumerate(target.labels):
             cols[f"p_{target.name}_{label}"] = pa.array(rounded[:, k], type=pa.float64(), mask=~supported) if len(p) else []
+    _add_kept(cols, schema, chunk.kept)
     return pa.Table.from_pydict(cols, schema=schema), label_ids
+
+
+def _add_kept(cols: dict, schema: pa.Schema, kept: list[tuple]) -> None:
+    """The kept input fields: the schema's columns after the computed ones, in --keep-fields order."""
+    for j, name in enumerate(n for n in schema.names if n not in cols):
+        cols[name] = [k[j] for k in kept]
 
 
 def doc_table(model, chunk: Chunk, label_ids: list[np.ndarray], schema: pa.Schema) -> pa.Table:
@@ -194,6 +205,7 @@ def doc_table(model, chunk: Chunk, label_ids: list[np.ndarray], schema: pa.Schem
         shares = np.round(hits / read[:, None], 6)
         for j, label in enumerate(target.labels):
             cols[f"share_{target.name}_{label}"] = shares[:, j]
+    _add_kept(cols, schema, chunk.doc_kept)
     return pa.Table.from_pydict(cols, schema=schema)
 
 
@@ -221,10 +233,15 @@ def score(
     chunk_size: int | None = None,
     doc_summary: Path | None = None,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    keep_fields: tuple[str, ...] = (),
+    date_fields: tuple[str, ...] = ("date",),
     on_start: Callable[[int], None] | None = None,
     on_chunk: Callable[[ChunkDone], None] | None = None,
 ) -> ScoreResult:
-    """Score every record of `inputs` with `model` into `out`; with `resume`, finish an interrupted run."""
+    """Score every record of `inputs` with `model` into `out`; with `resume`, finish an interrupted run.
+
+    `keep_fields` are input fields copied to every sentence and document row (a record missing one, or
+    with a malformed value, is a reject); those also in `date_fields` must be ISO 8601 dates."""
     inputs, out = check_job(inputs, out, unit, doc_summary)
     chunk_size = int(chunk_size or DEFAULT_CHUNK[unit])
     if chunk_size < 1:
@@ -232,15 +249,20 @@ def score(
     job = {"inputs": [str(p.resolve()) for p in inputs], "unit": unit, "text_field": text_field,
            "id_field": id_field, "model": model.tag, "chunk_size": chunk_size, "max_member_bytes": max_member_bytes,
            "doc_summary": doc_summary is not None}
+    keep_fields = tuple(keep_fields)
+    date_fields = tuple(f for f in date_fields if f in keep_fields)
+    schema = sentence_schema(model.schema.targets, keep_fields)  # raises on a kept name that is an output column
+    dschema = doc_schema(model.schema.targets, keep_fields)
+    if keep_fields:  # only then, so that unfinished runs of earlier versions still resume
+        job.update(keep_fields=list(keep_fields), date_fields=list(date_fields))
     store = PartStore(out, job, resume)
-    schema = sentence_schema(model.schema.targets)
-    dschema = doc_schema(model.schema.targets)
     skip = store.items_done
     if on_start:
         on_start(skip)
     started = time.perf_counter()
     docs_run = sentences_run = 0
-    opt = ReadOptions(text_field=text_field, id_field=id_field, max_member_bytes=max_member_bytes)
+    opt = ReadOptions(text_field=text_field, id_field=id_field, max_member_bytes=max_member_bytes,
+                      keep_fields=keep_fields, date_fields=date_fields)
     chunks = _prefetched(_chunks(iter_items(inputs, opt), chunk_size, skip, unit), PREFETCH)
     with closing(chunks):  # on any error, stop the reader thread now
         for chunk in chunks:
@@ -252,7 +274,8 @@ def score(
             if on_chunk:
                 on_chunk(ChunkDone(chunk.items, len(chunk.docs), table.num_rows, len(chunk.rejects)))
     m = store.manifest
-    store.finish(schema, doc_summary, dschema)
+    store.finish(schema, doc_summary, dschema,
+                 output_metadata(model.tag, model.schema.to_dict(), unit, keep_fields))
     return ScoreResult(out=out, rejects=store.rejects_path, documents=m["documents"], sentences=m["sentences"],
                        rejected=m["rejected"], items_resumed=skip, documents_this_run=docs_run,
                        sentences_this_run=sentences_run, elapsed_s=time.perf_counter() - started)

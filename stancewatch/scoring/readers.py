@@ -15,6 +15,7 @@ relative path) and ``.zip``/``.tar``/``.tar.gz``/``.tgz`` archives of any of tho
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import gzip
 import io
 import json
@@ -41,6 +42,8 @@ class Record:
     record_no: int  # line number (JSONL), data row (CSV, Parquet), 1 for a text file
     doc_id: str
     text: str
+    # The --keep-fields values, in the order asked for; None where the source has no fields (text files).
+    fields: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class ReadOptions:
     text_field: str = "text"
     id_field: str = "id"
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    keep_fields: tuple[str, ...] = ()  # input fields carried to every output row (--keep-fields)
+    date_fields: tuple[str, ...] = ()  # those of them that must be ISO 8601 dates (--date-fields)
 
 
 # ---- kinds --------------------------------------------------------------------------------------
@@ -172,6 +177,48 @@ def _check_text(value, field: str) -> str | None:
     return None
 
 
+def _kept_value(value, name: str, is_date: bool) -> tuple[str | None, str | None]:
+    """A kept field's value as text, or the reason the record is rejected.
+
+    Missing means absent, null or blank (the text field's rule). Numbers are kept as written by
+    `str`; lists, objects and booleans are malformed. A date field must parse as ISO 8601 (a date, or
+    a date-time with optional offset); it is rejected otherwise, not kept as text, so that grouping
+    by date never silently loses records.
+    """
+    if isinstance(value, (dt.datetime, dt.date)):  # Parquet date and timestamp columns
+        return value.isoformat(), None
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, f"missing field {name!r} (--keep-fields)"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None, f"field {name!r} is {type(value).__name__}, not a string or number (--keep-fields)"
+    text = str(value)
+    if is_date and not is_iso_date(text):
+        return None, f"field {name!r}: {text[:40]!r} is not an ISO 8601 date (YYYY-MM-DD[THH:MM[:SS]][+HH:MM])"
+    return text, None
+
+
+def is_iso_date(text: str) -> bool:
+    text = text.strip()
+    if len(text) < 10 or not text[:4].isdigit():  # fromisoformat also takes "20251107" and week dates
+        return False
+    try:
+        dt.datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
+    except ValueError:
+        return False
+    return True
+
+
+def _kept(get, opt: ReadOptions) -> tuple[tuple[str | None, ...], str | None]:
+    """All kept fields of one record via `get(name)`, or the first reason to reject it."""
+    values = []
+    for name in opt.keep_fields:
+        value, reason = _kept_value(get(name), name, name in opt.date_fields)
+        if reason:
+            return (), reason
+        values.append(value)
+    return tuple(values), None
+
+
 def _read_jsonl(fh: IO[bytes], source: str, opt: ReadOptions) -> Iterator[Item]:
     line_no = 0
     for line_no, raw in enumerate(fh, start=1):
@@ -192,10 +239,11 @@ def _read_jsonl(fh: IO[bytes], source: str, opt: ReadOptions) -> Iterator[Item]:
             continue
         text = obj.get(opt.text_field)
         reason = _check_text(text, opt.text_field)
+        kept, reason = _kept(obj.get, opt) if not reason else ((), reason)
         if reason:
             yield Reject(source, line_no, reason)
             continue
-        yield Record(source, line_no, _doc_id(obj.get(opt.id_field), source, line_no), text)
+        yield Record(source, line_no, _doc_id(obj.get(opt.id_field), source, line_no), text, kept)
 
 
 def _has_surrogates(value: str) -> bool:
@@ -216,8 +264,13 @@ def _read_csv(fh: IO[bytes], source: str, opt: ReadOptions) -> Iterator[Item]:
     if opt.text_field not in header:
         yield Reject(source, 0, f"no column {opt.text_field!r} (columns: {', '.join(header)})")
         return
+    absent = [f for f in opt.keep_fields if f not in header]
+    if absent:
+        yield Reject(source, 0, f"no column {', '.join(map(repr, absent))} for --keep-fields (columns: {', '.join(header)})")
+        return
     ti = header.index(opt.text_field)
     ii = header.index(opt.id_field) if opt.id_field in header else None
+    ki = [header.index(f) for f in opt.keep_fields]
     for row_no, row in enumerate(reader, start=1):
         if not row:
             continue
@@ -226,11 +279,15 @@ def _read_csv(fh: IO[bytes], source: str, opt: ReadOptions) -> Iterator[Item]:
             yield Reject(source, row_no, "undecodable bytes (not UTF-8)")
             continue
         reason = _check_text(value, opt.text_field)
+        if not reason and any(i < len(row) and _has_surrogates(row[i]) for i in ki):
+            reason = "undecodable bytes (not UTF-8) in a kept field"
+        cells = {f: row[i] if i < len(row) else None for f, i in zip(opt.keep_fields, ki)}
+        kept, reason = _kept(cells.get, opt) if not reason else ((), reason)
         if reason:
             yield Reject(source, row_no, reason)
             continue
         raw_id = row[ii] if ii is not None and ii < len(row) and not _has_surrogates(row[ii]) else None
-        yield Record(source, row_no, _doc_id(raw_id, source, row_no), value)
+        yield Record(source, row_no, _doc_id(raw_id, source, row_no), value, kept)
 
 
 def _read_parquet(fh, source: str, opt: ReadOptions) -> Iterator[Item]:
@@ -241,21 +298,28 @@ def _read_parquet(fh, source: str, opt: ReadOptions) -> Iterator[Item]:
     if opt.text_field not in names:
         yield Reject(source, 0, f"no column {opt.text_field!r} (columns: {', '.join(names)})")
         return
+    absent = [f for f in opt.keep_fields if f not in names]
+    if absent:
+        yield Reject(source, 0, f"no column {', '.join(map(repr, absent))} for --keep-fields (columns: {', '.join(names)})")
+        return
     columns = [opt.text_field] + ([opt.id_field] if opt.id_field in names and opt.id_field != opt.text_field else [])
+    columns += [f for f in opt.keep_fields if f not in columns]
     row_no = 0
     for batch in pf.iter_batches(batch_size=1024, columns=columns):
         texts = batch.column(opt.text_field).to_pylist()
-        ids = batch.column(opt.id_field).to_pylist() if len(columns) > 1 else [None] * len(texts)
-        for text, raw_id in zip(texts, ids):
+        ids = batch.column(opt.id_field).to_pylist() if opt.id_field in columns[1:2] else [None] * len(texts)
+        kept_cols = {f: batch.column(f).to_pylist() for f in opt.keep_fields}
+        for i, (text, raw_id) in enumerate(zip(texts, ids)):
             row_no += 1
             reason = _check_text(text, opt.text_field)
+            kept, reason = _kept(lambda f: kept_cols[f][i], opt) if not reason else ((), reason)
             if reason:
                 yield Reject(source, row_no, reason)
                 continue
-            yield Record(source, row_no, _doc_id(raw_id, source, row_no), text)
+            yield Record(source, row_no, _doc_id(raw_id, source, row_no), text, kept)
 
 
-def _read_text(fh: IO[bytes], source: str, doc_id: str) -> Iterator[Item]:
+def _read_text(fh: IO[bytes], source: str, doc_id: str, opt: ReadOptions = ReadOptions()) -> Iterator[Item]:
     data = fh.read()
     try:
         text = data.decode("utf-8-sig")
@@ -265,7 +329,7 @@ def _read_text(fh: IO[bytes], source: str, doc_id: str) -> Iterator[Item]:
     if not text.strip():
         yield Reject(source, 1, "empty text")
         return
-    yield Record(source, 1, doc_id, text)
+    yield Record(source, 1, doc_id, text, (None,) * len(opt.keep_fields))  # a text file has no fields to keep
 
 
 def _read_stream(fh: IO[bytes], name: str, source: str, doc_id: str, opt: ReadOptions,
@@ -285,7 +349,7 @@ def _read_stream(fh: IO[bytes], name: str, source: str, doc_id: str, opt: ReadOp
         yield from _read_parquet(fh, source, opt)
         return
     if kind == "text":
-        yield from _read_text(_bounded(fh, limit), source, doc_id)
+        yield from _read_text(_bounded(fh, limit), source, doc_id, opt)
     elif kind == "jsonl":
         yield from _read_jsonl(_bounded(_decompressed(fh, name), limit), source, opt)
     elif kind == "csv":
