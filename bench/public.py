@@ -24,7 +24,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("STANCEWATCH_SHARED_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(REPO))
+from stancewatch import settings  # noqa: E402
+
+DATA = Path(settings.get("SHARED_DATA") or REPO.parent / "shared" / "data")
 TASKS = {
     "semeval": ("semeval2016-task6/train.csv", "semeval2016-task6/test.csv"),
     "pstance": ("p-stance/train.csv", "p-stance/test.csv"),

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from stancewatch import settings
 from stancewatch.model.encoding import Encoded, InputEncoder, collate, plan_batches
 from stancewatch.model.schema import Schema
 
@@ -34,9 +35,9 @@ BACKENDS = ("auto", "torch", "openvino")
 
 def default_threads() -> int:
     """Threads for inference: $STANCEWATCH_THREADS, else the CPUs this process may use."""
-    env = os.environ.get("STANCEWATCH_THREADS")
-    if env:
-        return max(1, int(env))
+    threads = settings.get("THREADS")
+    if threads:
+        return threads
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux

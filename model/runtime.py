@@ -20,12 +20,13 @@ from typing import Sequence
 
 import numpy as np
 
+from stancewatch import settings
+
 log = logging.getLogger(__name__)
 
 OV_DIR = "openvino"
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pool_mask")
 LENGTH_STEP = 8  # pad sequence lengths to a multiple of this: fewer distinct shapes
-RUNTIME_CACHE_CAPACITY = int(os.environ.get("STANCEWATCH_OV_SHAPE_CACHE") or 200)
 
 
 class OpenVINOBackend:
@@ -52,7 +53,7 @@ class OpenVINOBackend:
             # Kernels are cached per input shape; unbounded, memory grows with every new
             # (batch, length) pair (measured: 600 -> 1,719 MB over 600 random batches). 200
             # entries kept it flat at ~900 MB with no measurable slowdown.
-            "CPU_RUNTIME_CACHE_CAPACITY": RUNTIME_CACHE_CAPACITY,
+            "CPU_RUNTIME_CACHE_CAPACITY": settings.get("OV_SHAPE_CACHE"),
         }
         self.compiled = core.compile_model(core.read_model(xml), "CPU", config)
         self.streams = streams

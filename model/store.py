@@ -21,6 +21,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import bentoml  # noqa: E402
 
+from stancewatch import settings  # noqa: E402
+
 MODEL_NAME = "stancewatch"
 PRODUCTION_ENV = "STANCEWATCH_MODEL"
 
@@ -123,7 +125,7 @@ def get(tag: str) -> bentoml.Model:
 
 def resolve(tag: str | None = None) -> bentoml.Model:
     """The version to use: `tag` if given, else $STANCEWATCH_MODEL, else production, else latest."""
-    tag = tag or os.environ.get(PRODUCTION_ENV) or None
+    tag = tag or settings.get("MODEL") or None
     if tag in (None, "production"):
         prod = production_tag()
         if prod:

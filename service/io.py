@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-MAX_SENTENCES = int(os.environ.get("STANCEWATCH_MAX_SENTENCES") or 256)
+from stancewatch import settings
+
+# Read at import: the limit is part of the OpenAPI schema that BentoML builds from these models.
+MAX_SENTENCES = settings.get("MAX_SENTENCES")
 EXAMPLE_INPUT = {
     "sentences": ["Tokyo will not retract the prime minister's remarks on Taiwan.",
                   "Beijing demanded that Japan correct its erroneous statement."],

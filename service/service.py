@@ -1,11 +1,8 @@
 """The BentoML HTTP service: POST /predict, POST /predict_document, GET /model.
 
 Run with `stancewatch serve` (or `bentoml serve stancewatch.service.service:StanceService`). The model comes
-from $STANCEWATCH_MODEL, else the production version, else the latest. Limits (env): sentences
-per request STANCEWATCH_MAX_SENTENCES (256), body bytes STANCEWATCH_MAX_BODY_BYTES (1 MB), items
-per inference batch STANCEWATCH_BATCH_ITEMS (64), torch threads STANCEWATCH_THREADS (all CPUs);
-STANCEWATCH_ACCESS_LOG=0 turns off the per-request access log;
-STANCEWATCH_API_KEY, when set, makes prediction endpoints require `Authorization: Bearer <key>`.
+from $STANCEWATCH_MODEL, else the production version, else the latest. Limits, threads, batching,
+reload and the API key are STANCEWATCH_* variables, all declared in stancewatch/settings.py.
 """
 
 from __future__ import annotations
@@ -24,6 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import bentoml  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 
+from stancewatch import settings  # noqa: E402
 from stancewatch.model import store  # noqa: E402
 from stancewatch.model.predictor import default_threads  # noqa: E402
 from stancewatch.service.batching import MicroBatcher  # noqa: E402
@@ -42,20 +40,13 @@ from stancewatch.service.middleware import GuardMiddleware  # noqa: E402
 from stancewatch.service.reload import ProductionWatcher  # noqa: E402
 
 logger = logging.getLogger("stancewatch.service")
-MAX_BODY_BYTES = int(os.environ.get("STANCEWATCH_MAX_BODY_BYTES") or 1_000_000)
-BATCH_ITEMS = int(os.environ.get("STANCEWATCH_BATCH_ITEMS") or 64)
+# Read at import: only what @bentoml.service needs (worker count, CPU resources, access log); the
+# rest of the settings are read when the service starts (StanceService.__init__).
+_BOOT = settings.load()
 # Worker processes: each parses HTTP in its own interpreter (one Python process tops out at a few
 # hundred requests/s) and holds its own copy of the model; inference threads are split between them.
-WORKERS = max(1, int(os.environ.get("STANCEWATCH_WORKERS") or 1))
-THREADS = max(1, default_threads() // WORKERS) if not os.environ.get("STANCEWATCH_THREADS") else default_threads()
-BACKEND = os.environ.get("STANCEWATCH_BACKEND") or "auto"  # auto | torch | openvino
-GATHER_MS = float(os.environ.get("STANCEWATCH_GATHER_MS") or 2.0)  # see MicroBatcher
-# One log line per request (BentoML's access log); STANCEWATCH_ACCESS_LOG=0 turns it off.
-ACCESS_LOG = (os.environ.get("STANCEWATCH_ACCESS_LOG") or "1").strip().lower() not in ("0", "false", "no", "off")
-SWITCH_INTERVAL_S = float(os.environ.get("STANCEWATCH_SWITCH_INTERVAL_S") or 0.0005)
-# Seconds between checks of the production pointer (0: never reload); ignored when
-# $STANCEWATCH_MODEL pins a tag.
-RELOAD_SECONDS = 0.0 if os.environ.get(store.PRODUCTION_ENV) else float(os.environ.get("STANCEWATCH_RELOAD_SECONDS") or 10)
+WORKERS = _BOOT.workers
+THREADS = _BOOT.threads or max(1, default_threads() // WORKERS)
 
 
 def serving_tag() -> str:
@@ -63,7 +54,7 @@ def serving_tag() -> str:
     try:
         return str(store.resolve().tag)
     except store.ModelNotFound as exc:
-        if os.environ.get(store.PRODUCTION_ENV) or not store.list_versions():
+        if settings.get("MODEL") or not store.list_versions():
             raise RuntimeError(f"stancewatch service: {exc}") from None
         # Inside a Bento the store holds only the packed model, not the one the pointer names.
         logger.warning("%s; serving the latest version instead", exc)
@@ -79,9 +70,24 @@ def get_model_info() -> dict:
     return bentoml.get_current_service().model_info()
 
 
+UI_PAGE = Path(__file__).resolve().parent / "static" / "ui.html"
+# The page loads nothing from elsewhere; this header makes the browser hold it to that (no CDN, no
+# web fonts: it works offline) and keeps it from sending article text anywhere but this service.
+UI_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+             "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+@info_app.get("/ui", include_in_schema=False)
+def get_ui():
+    """The analyst's page (service/static/ui.html): paste an article, see each sentence's stances."""
+    from fastapi.responses import HTMLResponse
+
+    return HTMLResponse(UI_PAGE.read_text(encoding="utf-8"), headers={"Content-Security-Policy": UI_POLICY})
+
+
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(name="stancewatch", workers=WORKERS, resources={"cpu": str(THREADS * WORKERS)}, traffic={"timeout": 600},
-                 logging={"access": {"enabled": ACCESS_LOG}})
+                 logging={"access": {"enabled": _BOOT.access_log}})
 class StanceService:
     """Sentence-level stance classification: every sentence gets a label and probabilities per target."""
 
@@ -93,17 +99,20 @@ class StanceService:
         # The event loop and the inference thread share the GIL; a shorter switch interval than the
         # default 5 ms lets the inference thread take it back sooner. On two cores this made no
         # measurable difference to throughput under load (see README, HTTP service), and costs nothing.
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        self.settings = cfg = settings.load()
+        sys.setswitchinterval(cfg.switch_interval_s)
 
-        self.backend_choice = BACKEND
-        self.model = StanceModel(Path(self.model_ref.path), backend=BACKEND, threads=THREADS, tag=str(self.model_ref.tag))
+        self.backend_choice = cfg.backend
+        self.model = StanceModel(Path(self.model_ref.path), backend=cfg.backend, threads=THREADS, tag=str(self.model_ref.tag))
         from stancewatch.model.language import detect_languages
 
         detect_languages(["Load the language models now, not in the first request."])  # ~2 s, once
         self.tag = self.model.tag
-        self.batcher = MicroBatcher(self._run_batch, max_items=BATCH_ITEMS, gather_ms=GATHER_MS,
+        self.batcher = MicroBatcher(self._run_batch, max_items=cfg.batch_items, gather_ms=cfg.gather_ms,
                                     thread_init=getattr(self.model.backend, "thread_init", None))
-        self.reloader = ProductionWatcher(self, RELOAD_SECONDS) if RELOAD_SECONDS > 0 else None
+        # A pinned tag ($STANCEWATCH_MODEL) is never reloaded.
+        reload_s = 0.0 if cfg.model else cfg.reload_seconds
+        self.reloader = ProductionWatcher(self, reload_s) if reload_s > 0 else None
 
     def _run_batch(self, items: list[tuple[str, Optional[str]]]) -> list[dict]:
         model = self.model  # a reload swaps self.model; a batch finishes on the model it started with
@@ -161,5 +170,4 @@ class StanceService:
                 "created_at": str(md.get("created_at") or info.creation_time.isoformat())}
 
 
-StanceService.add_asgi_middleware(GuardMiddleware, max_body_bytes=MAX_BODY_BYTES,
-                                  api_key=os.environ.get("STANCEWATCH_API_KEY") or None)
+StanceService.add_asgi_middleware(GuardMiddleware, max_body_bytes=_BOOT.max_body_bytes, api_key=_BOOT.api_key)

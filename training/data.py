@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from stancewatch import settings
 from stancewatch.model.schema import Schema, SchemaError, default_schema
 
 # Columns that are never targets. `doc_id` also groups a document's sentences, so that splits and
@@ -127,7 +128,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
         )
     if not path.exists():
         raise DataValidationError([Problem(str(path), None, "file", "no such file")])
-    cache = os.environ.get("STANCEWATCH_DATASETS_CACHE")
+    cache = settings.get("DATASETS_CACHE")
     kwargs = {"split": "train", "cache_dir": cache} if cache else {"split": "train"}
     if kind == "csv":
         with path.open(newline="", encoding="utf-8-sig") as fh:
