@@ -157,8 +157,14 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, folder: Path, head_sizes: list[int], threads: int):
-        import torch
-        from safetensors.torch import load_file
+        try:
+            import torch
+            from safetensors.torch import load_file
+        except ImportError:  # a serving install (no [train] extra) runs OpenVINO models only
+            raise RuntimeError(
+                f"{folder}: the torch backend needs torch and transformers, which this install lacks; "
+                "install `stancewatch[train]`, or serve a version with an OpenVINO export (backend openvino)"
+            ) from None
 
         from stancewatch.model.network import StanceNetwork
 

@@ -582,6 +582,15 @@ def report(
 
 
 def main() -> None:
+    from stancewatch.settings import SettingError, load, unknown
+
+    try:
+        load()  # a bad STANCEWATCH_* value stops here, named, before any work starts
+    except SettingError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        raise SystemExit(2) from None
+    for name in unknown():
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {name} is not a stancewatch setting (see README, Settings)")
     app()
 
 

@@ -61,3 +61,14 @@ def test_the_readme_table_is_the_declared_one():
     assert table == settings.markdown_table()
     printed = subprocess.run([sys.executable, "-m", "stancewatch.settings"], capture_output=True, text=True, check=True)
     assert printed.stdout.strip() == table
+
+
+def test_the_command_line_stops_on_a_bad_value_before_any_work(tmp_path):
+    import os
+
+    env = {**os.environ, "STANCEWATCH_THREADS": "0", "BENTOML_HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "stancewatch.cli", "models", "list"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "STANCEWATCH_THREADS='0' is too small: expected an integer >= 1" in done.stderr
+    assert "Traceback" not in done.stderr
