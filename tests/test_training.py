@@ -88,13 +88,25 @@ def test_partial_labels_and_class_weighting(tiny_base, tmp_path):
         shutil.rmtree(result.folder, ignore_errors=True)
 
 
-def test_promotion_gate_and_rollback(tiny_base, tiny_csv, tiny_model):
+def test_promotion_gate_and_rollback(tiny_base, tiny_csv, tiny_model, tmp_path):
     data = load_labelled([tiny_csv])
     assert store.production_tag() == tiny_model.tag
     never = train(data, tiny_cfg(tiny_base), progress=False, promote="never")
     assert never.metadata["promotion"]["promote"] is False
     assert store.production_tag() == tiny_model.tag
-    auto = train(data, tiny_cfg(tiny_base), progress=False, promote="auto", margin=1000.0)
+    # Retrained on the same rows, the candidate's gate holds only rows production trained or
+    # early-stopped on: nothing is left to compare fairly, so it is not promoted.
+    same = train(data, tiny_cfg(tiny_base), progress=False, promote="auto", margin=1000.0)
+    decision = same.metadata["promotion"]
+    assert decision["promote"] is False and decision["compared_examples"] == 0
+    assert decision["excluded_production_rows"] == decision["gate_examples"] > 0
+    assert "nothing is left to compare" in decision["message"]
+    assert store.production_tag() == tiny_model.tag
+    fresh = tmp_path / "fresh.csv"
+    fresh.write_text("text,taiwan_policy,external_pressure\n" + "".join(
+        f"Fresh held-out sentence {i}.,{('favor', 'against', 'none')[i % 3]},none\n" for i in range(6)), encoding="utf-8")
+    auto = train(data, tiny_cfg(tiny_base), dev=load_labelled([fresh], schema=data.schema), progress=False,
+                 promote="auto", margin=1000.0)
     decision = auto.metadata["promotion"]
     assert decision["promote"] is True and decision["production_tag"] == tiny_model.tag
     assert "production_mean_f_avg" in decision
@@ -253,25 +265,35 @@ def _news_subset(n_docs: int):
 
 
 def test_temperatures_are_fitted_on_a_split_that_early_stopping_never_saw(tiny_base):
-    from stancewatch.training.train import calibration_split, training_split
+    from stancewatch.training.data import LabelledData
+    from stancewatch.training.train import split_data, training_split
 
     data = _news_subset(30)
     cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=8, max_length=64, optimise=False,
                       dev_fraction=0.3)
     train_ex, held = training_split(data, cfg)
-    dev_ex, calib_ex, note = calibration_split(held, data.schema, cfg)
-    assert note.startswith("separate calibration split")
+    splits = split_data(data, cfg)
+    dev_ex, calib_ex, gate_ex = splits.dev, splits.calibration, splits.gate
+    assert splits.calibration_note.startswith("separate calibration split")
     groups = lambda exs: {e.group for e in exs}  # noqa: E731
     assert not groups(train_ex) & groups(held) and not groups(dev_ex) & groups(calib_ex)
-    assert len(dev_ex) + len(calib_ex) == len(held)
+    assert splits.train == train_ex and len(dev_ex) + len(calib_ex) + len(gate_ex) == len(held)
     result = train(data, cfg, save=False, progress=False)
     try:
         assert result.report["n_examples"] == len(calib_ex)  # the report is on the calibration split
-        assert result.metadata["data_size"] == {"train": len(train_ex), "dev": len(dev_ex), "calibration": len(calib_ex)}
+        assert result.metadata["data_size"] == {"train": len(train_ex), "dev": len(dev_ex), "calibration": len(calib_ex),
+                                                "gate": len(gate_ex)}
         assert (result.folder / "data" / "calibration.jsonl").exists()
-        # One split does both when there are too few held-out examples (the tiny fixture data).
-        small = calibration_split(held[:10], data.schema, cfg)
-        assert small[0] is small[1] and small[2].startswith("dev split")
+        # One split does all three when there are too few held-out examples (the tiny fixture data) ...
+        small = split_data(LabelledData(train_ex[:20], data.schema, data.report), cfg,
+                           dev=LabelledData(held[:10], data.schema, data.report))
+        assert small.calibration is small.dev and small.gate is small.dev
+        assert small.calibration_note.startswith("dev split") and "favours the candidate" in small.gate_note
+        # ... and between 40 and 60 the gate shares the calibration split (temperatures change no label).
+        middle = split_data(LabelledData(train_ex[:20], data.schema, data.report), cfg,
+                            dev=LabelledData(held[:50], data.schema, data.report))
+        assert middle.separate_calibration and middle.gate is middle.calibration
+        assert middle.gate_note.startswith("calibration split")
     finally:
         shutil.rmtree(result.folder, ignore_errors=True)
 

@@ -83,11 +83,23 @@ class LoadReport:
     schema_inferred: bool = False
 
 
+# The parts a version's examples are divided into, each stored as data/<role>.jsonl with the version.
+ROLES = ("train", "dev", "calibration", "gate")
+
+
+def example_key(ex: Example) -> tuple[str, str]:
+    """What makes two rows the same example (the loader merges rows on it too)."""
+    return ex.text, ex.context
+
+
 @dataclass
 class LabelledData:
     examples: list[Example]
     schema: Schema
     report: LoadReport
+    # example_key -> the part (ROLES) an example must stay in; set for a production version's own
+    # examples under `train --merge`, so its dev and gate rows are not re-drawn into training.
+    roles: dict[tuple[str, str], str] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
@@ -435,8 +447,52 @@ def write_examples(examples: Sequence[Example], schema: Schema, path: str | Path
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def load_version_data(folder: str | Path, schema: Schema) -> LabelledData:
+    """The examples a version stored in its `data/` folder (train.jsonl, dev.jsonl, and calibration.jsonl
+    and gate.jsonl where it had those parts), each remembering its part in `roles`."""
+    data_dir = Path(folder) / "data"
+    files = [(role, data_dir / f"{role}.jsonl") for role in ROLES]
+    files = [(role, path) for role, path in files if path.exists()]
+    if not any(role == "train" for role, _ in files):
+        raise FileNotFoundError(f"{folder}: no data/train.jsonl (trained before data was stored with versions)")
+    data = load_labelled([path for _, path in files], schema=schema)
+    for role, path in files:
+        for key in stored_keys(path):
+            data.roles.setdefault(key, role)  # a row stored twice keeps its first part, train before dev
+    return data
+
+
+def stored_keys(path: str | Path) -> set[tuple[str, str]]:
+    """The example keys of a file written by `write_examples` (read directly: no validation needed)."""
+    keys = set()
+    with Path(path).open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                keys.add((str(row.get("text") or "").strip(), str(row.get("context") or "").strip()))
+    return keys
+
+
+def check_disjoint(train: LabelledData, dev: LabelledData) -> None:
+    """Raise DataValidationError naming every dev example that is also a training example: a model
+    evaluated (and early-stopped, calibrated and gated) on its own training rows looks better than it is."""
+    train_rows = {example_key(ex): ex.source for ex in train.examples}
+    problems = []
+    for ex in dev.examples:
+        seen = train_rows.get(example_key(ex))
+        if seen is None:
+            continue
+        file, _, row = ex.source.rpartition(":row ")
+        problems.append(Problem(file or ex.source, int(row) if row.isdigit() else None, "text",
+                                f"also a training row ({seen}): {ex.text[:60]!r}; a row cannot be both trained and "
+                                "evaluated on: remove it from the --dev or the --data file(s)"))
+    if problems:
+        raise DataValidationError(problems)
+
+
 def merge(old: LabelledData, new: LabelledData) -> tuple[LabelledData, list[str]]:
     """Old examples plus new ones; where both label the same text and target, the new label wins.
+    An old example keeps its part (`old.roles`), whoever labels it.
 
     Returns the merged data and one line per conflict that the new data overrode.
     """
@@ -457,4 +513,4 @@ def merge(old: LabelledData, new: LabelledData) -> tuple[LabelledData, list[str]
     report = LoadReport(rows=old.report.rows + new.report.rows,
                         duplicates_dropped=len(old.examples) + len(new.examples) - len(merged),
                         warnings=list(new.report.warnings))
-    return LabelledData(list(merged.values()), new.schema, report), conflicts
+    return LabelledData(list(merged.values()), new.schema, report, dict(old.roles)), conflicts

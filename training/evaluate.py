@@ -146,6 +146,11 @@ def to_markdown(report: dict, title: str = "Evaluation") -> str:
         lines.append(f"Targets without labels here (left out of the means): {', '.join(report['targets_without_labels'])}  ")
     if "pooled_f_avg" in report:
         lines.append(f"Pooled F_avg (SemEval-2016 official): {100 * report['pooled_f_avg']:.2f}  ")
+    gate, promotion = report.get("gate"), report.get("promotion")
+    if gate:
+        lines.append(f"Gate split ({gate['split']}): mean F_avg {100 * gate['mean_f_avg']:.2f} on {gate['n']} examples  ")
+    if promotion:
+        lines.append(f"Promotion: {promotion['message']}  ")
     for name, t in report["targets"].items():
         lines += ["", f"## {name} (n={t['n']})", "",
                   f"F_avg {100 * t['f_avg']:.2f}, macro-F1 {100 * t['macro_f1']:.2f}, accuracy {100 * t['accuracy']:.2f}, "

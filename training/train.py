@@ -25,7 +25,15 @@ import numpy as np
 from stancewatch.model.encoding import InputEncoder, collate
 from stancewatch.model.schema import Schema
 from stancewatch.training.config import TrainConfig
-from stancewatch.training.data import Example, LabelledData, grouped_split, write_examples
+from stancewatch.training.data import (
+    ROLES,
+    Example,
+    LabelledData,
+    check_disjoint,
+    example_key,
+    grouped_split,
+    write_examples,
+)
 from stancewatch.training.evaluate import evaluate_predictions, fit_temperature, gold_lists, split_probs, summary, write_report
 from stancewatch.training.loop import (  # noqa: F401  (predict_logits is part of this module's API)
     IGNORE,
@@ -344,23 +352,111 @@ def training_split(data: LabelledData, cfg: TrainConfig, dev: LabelledData | Non
 
 
 MIN_CALIBRATION = 40  # held-out examples below which one split serves early stopping and calibration
+MIN_GATE = 60  # held-out examples below which there is no separate gate split (20 a part, as above)
 
 
-def calibration_split(held: Sequence[Example], schema: Schema, cfg: TrainConfig) -> tuple[list, list, str]:
-    """(dev, calibration, note): the held-out examples cut in two, whole documents at a time.
+@dataclass
+class Splits:
+    """The four disjoint parts of the examples (see `split_data`). `calibration` is `dev` and `gate`
+    is `calibration` or `dev` (the same list) where there were too few held-out examples for a part."""
 
-    The dev part chooses epochs, soup members and precision; the calibration part, which none of
-    that saw, fits the temperatures and gives the report and the promotion gate their figures.
+    train: list[Example]
+    dev: list[Example]
+    calibration: list[Example]
+    gate: list[Example]
+    calibration_note: str
+    gate_note: str
+
+    @property
+    def separate_calibration(self) -> bool:
+        return self.calibration is not self.dev
+
+    @property
+    def separate_gate(self) -> bool:
+        return self.gate is not self.calibration and self.gate is not self.dev
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "dev": len(self.dev),
+                "calibration": len(self.calibration) if self.separate_calibration else 0,
+                "gate": len(self.gate) if self.separate_gate else 0}
+
+
+def _cut(examples: Sequence[Example], schema: Schema, share: float, seed: int) -> tuple[list, list]:
+    """(rest, part) with about `share` of the examples in `part`, whole documents at a time; grouped_split
+    holds out at most half, so a larger share is taken as the complement."""
+    if share <= 0.5:
+        return grouped_split(examples, schema, share, seed)
+    part, rest = grouped_split(examples, schema, 1 - share, seed)
+    return rest, part
+
+
+def divide_held_out(held: Sequence[Example], schema: Schema, cfg: TrainConfig) -> tuple[list, list, list]:
+    """(dev, calibration, gate) from the held-out examples; an empty list for a part there were too few
+    examples for (fewer than MIN_CALIBRATION for calibration, MIN_GATE for the gate)."""
+    held = list(held)
+    if len(held) < MIN_CALIBRATION:
+        return held, [], []
+    rest, gate = held, []
+    if cfg.gate_fraction and len(held) >= MIN_GATE:
+        rest, gate = _cut(held, schema, cfg.gate_fraction, cfg.seed + 2)
+        if not rest or not gate:
+            rest, gate = held, []
+    dev, calib = rest, []
+    if cfg.calibration_fraction:
+        # The share of what the gate left: a third of the whole is half of the remaining two thirds.
+        share = cfg.calibration_fraction / (1 - cfg.gate_fraction) if gate else cfg.calibration_fraction
+        dev, calib = _cut(rest, schema, share, cfg.seed + 1)
+        if not dev or not calib:
+            dev, calib = rest, []
+    return dev, calib, gate
+
+
+def split_data(data: LabelledData, cfg: TrainConfig, dev: LabelledData | None = None) -> Splits:
+    """Train, dev, calibration and gate examples, no document in two of them.
+
+    The held-out examples (`training_split`) are cut in three (`divide_held_out`): dev chooses epochs,
+    soup members and precision; calibration, which none of that saw, fits the temperatures and gives
+    the report its figures; the gate, which saw nothing at all, is where the promotion gate compares
+    the candidate with production. Examples with a part in `data.roles` (a production version's own,
+    under `train --merge`) stay in that part: its dev and gate rows are not re-drawn into training.
     """
-    if cfg.calibration_fraction == 0 or len(held) < MIN_CALIBRATION:
-        why = "calibration_fraction is 0" if cfg.calibration_fraction == 0 else f"fewer than {MIN_CALIBRATION} held-out examples"
-        both = list(held)
-        return both, both, f"dev split ({why}): temperatures and report share early stopping's examples"
-    dev, calib = grouped_split(held, schema, cfg.calibration_fraction, cfg.seed + 1)
-    if not dev or not calib:
-        both = list(held)
-        return both, both, "dev split (the held-out examples could not be divided)"
-    return dev, calib, f"separate calibration split ({len(calib)} of {len(held)} held-out examples)"
+    schema = data.schema
+    fixed: dict[str, list[Example]] = {role: [] for role in ROLES}
+    free = []
+    for ex in data.examples:
+        role = data.roles.get(example_key(ex))
+        (fixed[role] if role in fixed else free).append(ex)
+    if dev is not None:
+        check_disjoint(data, dev)
+        train_new, held = free, list(dev.examples)
+    elif free:
+        train_new, held = grouped_split(free, schema, cfg.dev_fraction, cfg.seed)
+    else:
+        train_new, held = [], []
+    dev_new, calib_new, gate_new = divide_held_out(held, schema, cfg)
+    train_ex, dev_ex = train_new + fixed["train"], dev_new + fixed["dev"]
+    calib_ex, gate_ex = calib_new + fixed["calibration"], gate_new + fixed["gate"]
+    if not train_ex or not dev_ex:
+        raise ValueError(f"need training and dev examples, got {len(train_ex)} and {len(dev_ex)}")
+    if calib_ex:
+        calibration_note = f"separate calibration split ({len(calib_ex)} examples)"
+    else:
+        calib_ex = dev_ex
+        why = (f"fewer than {MIN_CALIBRATION} held-out examples" if len(held) < MIN_CALIBRATION
+               else "calibration_fraction is 0" if not cfg.calibration_fraction else "the held-out examples could not be divided")
+        calibration_note = f"dev split ({why}): temperatures and report share early stopping's examples"
+    if gate_ex:
+        gate_note = f"separate gate split ({len(gate_ex)} examples that chose nothing about the candidate)"
+    elif calib_ex is not dev_ex:
+        # Temperature scaling never changes which label is predicted, so F_avg on the calibration
+        # split is still free of the candidate's choices; only its calibrated probabilities are not.
+        gate_ex = calib_ex
+        why = f"fewer than {MIN_GATE} held-out examples" if len(held) < MIN_GATE else "gate_fraction is 0"
+        gate_note = f"calibration split ({why}; it chose only the temperatures, which change no predicted label)"
+    else:
+        gate_ex = dev_ex
+        gate_note = "dev split (too few held-out examples): it chose the candidate's epochs, so the gate favours the candidate"
+    return Splits(train_ex, dev_ex, calib_ex, gate_ex, calibration_note, gate_note)
 
 
 def train(
@@ -374,18 +470,22 @@ def train(
     margin: float = 0.5,
     extra_metadata: dict | None = None,
 ) -> TrainResult:
-    """Train on `data` (dev split from it unless `dev` is given); save a new model version.
+    """Train on `data` (held-out parts from it unless `dev` is given, see `split_data`); save a new
+    model version. `dev` sharing an example with `data` is a DataValidationError naming the rows.
 
-    With `save`, the promotion gate (training/promotion.py) decides whether it becomes production.
+    With `save`, the promotion gate (training/promotion.py) decides on the gate split whether it
+    becomes production.
     """
     from stancewatch.model.language import corpus_languages
     from stancewatch.model.predictor import StanceModel, set_temperatures, write_artifact
+    from stancewatch.training.promotion import MODES
 
+    if promote not in MODES:  # before training, not after it
+        raise ValueError(f"promotion mode must be one of {', '.join(MODES)}, got {promote!r}")
     schema = data.schema
-    train_ex, held_ex = training_split(data, cfg, dev)
-    if not train_ex or not held_ex:
-        raise ValueError(f"need training and dev examples, got {len(train_ex)} and {len(held_ex)}")
-    dev_ex, calib_ex, calibration_note = calibration_split(held_ex, schema, cfg)
+    splits = split_data(data, cfg, dev)
+    train_ex, dev_ex, calib_ex, gate_ex = splits.train, splits.dev, splits.calibration, splits.gate
+    calibration_note = splits.calibration_note
     languages = corpus_languages([e.text for e in train_ex])
     result = fit(train_ex, dev_ex, schema, cfg, progress=progress)
 
@@ -403,7 +503,11 @@ def train(
             runtime = optimise(staging, result.network, train_ex, dev_ex, seed=cfg.seed)
         # Metrics come from the saved artefact and its chosen runtime, so they are what users get.
         model = StanceModel(staging, backend="auto", threads=cfg.threads or None)
-        calib_logits = model.logits(model.encoder.encode([e.text for e in calib_ex], [e.context or None for e in calib_ex]))
+
+        def logits_of(examples):
+            return model.logits(model.encoder.encode([e.text for e in examples], [e.context or None for e in examples]))
+
+        calib_logits = logits_of(calib_ex)
         gold = gold_lists(calib_ex, schema)
         temperatures = {}
         for t in schema.targets:
@@ -418,26 +522,38 @@ def train(
         # The examples travel with the version, so `--merge` can retrain on them later.
         write_examples(train_ex, schema, staging / "data" / "train.jsonl")
         write_examples(dev_ex, schema, staging / "data" / "dev.jsonl")
-        separate = calib_ex is not dev_ex  # calibration_split returns one list for both when it cannot split
-        if separate:
+        if splits.separate_calibration:
             write_examples(calib_ex, schema, staging / "data" / "calibration.jsonl")
+        if splits.separate_gate:
+            write_examples(gate_ex, schema, staging / "data" / "gate.jsonl")
         report = evaluate_predictions(schema, gold, split_probs(calib_logits, schema, temperatures),
                                       raw_probs=split_probs(calib_logits, schema))
         report["temperatures"] = temperatures
         report["calibration"] = calibration_note
         report["dev_mean_f_avg"] = result.best_dev_f_avg
         report["history"] = result.history
+        gate_logits = calib_logits if gate_ex is calib_ex else logits_of(gate_ex)
+        gate_probs = split_probs(gate_logits, schema, temperatures)
+        gate_report = evaluate_predictions(schema, gold_lists(gate_ex, schema), gate_probs)
+        report["gate"] = {"split": splits.gate_note, "n": len(gate_ex), **summary(gate_report),
+                          "targets_without_labels": gate_report["targets_without_labels"]}
+        decision = None
+        if save:
+            from stancewatch.training.promotion import decide
+
+            decision = decide(schema, gate_ex, gate_probs, promote, margin, gate_note=splits.gate_note)
+            report["promotion"] = decision
         write_report(report, staging / "eval", title=f"Held-out evaluation ({calibration_note})")
         metadata = {
             "schema": schema.to_dict(),
             "base_model": base_model_name(cfg),
             "train_config": {k: v for k, v in cfg.to_dict().items() if k != "base_model"},
             "data_fingerprint": data.fingerprint,
-            "data_size": {"train": len(train_ex), "dev": len(dev_ex),
-                          "calibration": len(calib_ex) if separate else 0},
+            "data_size": splits.sizes(),
             "languages": languages,
             "calibration": calibration_note,
             "metrics": summary(report),
+            "gate": report["gate"],  # the candidate on the gate split (before production's rows are left out)
             "best_epoch": result.best_epoch,
             **({"tapt": result.tapt} if result.tapt else {}),
             **({"soup": result.soup} if result.soup else {}),
@@ -449,9 +565,7 @@ def train(
         tag = None
         if save:
             from stancewatch.model import store
-            from stancewatch.training.promotion import decide
 
-            decision = decide(schema, calib_ex, report, promote, margin)
             metadata["promotion"] = decision
             tag = store.save_version(staging, metadata)
             if decision["promote"]:
