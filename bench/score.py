@@ -9,6 +9,13 @@ Run one benchmark at a time: both sides share the machine's cores.
 
     python bench/score.py [--model TAG] [--articles 20000] [--big 200000] [--format jsonl.zst|tar.gz|zip]
     python bench/score.py --quick          # 1,000 vs 10,000 articles of 8-12 sentences
+    python bench/score.py --ray --articles 400 --sentences 3-5 --big 0   # + the Ray row
+
+`--ray` adds the Ray engine on the same archive in the same run: a two-node cluster started here on
+127.0.0.1 (`ray start --head` and `ray start --address`, `--ray-cpus` CPUs each, each node its own
+temp dir; stopped by PID at the end), `stancewatch score --engine ray --ray-actors <nodes>`, and a
+table of local vs Ray sentences/s, their ratio (goal >= 0.8), the nodes and whether the rows agree.
+`--ray-address ADDR` uses a running cluster instead.
 """
 
 from __future__ import annotations
@@ -76,15 +83,16 @@ def generate(path: Path, n: int, lo: int, hi: int) -> Path:
     return path
 
 
-def run_score(archive: Path, out: Path, model: str | None, chunk: int) -> dict:
+def run_score(archive: Path, out: Path, model: str | None, chunk: int, extra: list[str] = (),
+              env: dict | None = None) -> dict:
     """`stancewatch score` in a fresh process: its summary numbers and peak RSS (MiB)."""
     exe = Path(sys.executable).parent / "stancewatch"
     cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "stancewatch.cli"]),
-           "score", str(archive), "--out", str(out), "--chunk-size", str(chunk), "--no-progress"]
+           "score", str(archive), "--out", str(out), "--chunk-size", str(chunk), "--no-progress", *extra]
     if model:
         cmd += ["--model", model]
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -125,6 +133,88 @@ def bare_throughput(out: Path, model: str | None, chunk_docs: int) -> dict:
     return {"sentences": len(texts), "seconds": secs, "sentences_per_s": len(texts) / secs, "threads": m.threads}
 
 
+def free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class LocalCluster:
+    """`nodes` Ray nodes on 127.0.0.1 (`ray start --block`, one process group each, stopped by PID)."""
+
+    def __init__(self, nodes: int, cpus: int):
+        self.root = Path(tempfile.mkdtemp(prefix="swbr-", dir="/tmp"))  # short: Ray's socket paths
+        (self.root / "home").mkdir()
+        self.port = free_ports(1)[0]
+        self.address = f"127.0.0.1:{self.port}"
+        self.procs = []
+        ray = Path(sys.executable).parent / "ray"
+        for i in range(nodes):
+            a, b, c, d = free_ports(4)
+            role = ["--head", f"--port={self.port}", "--include-dashboard=false"] if i == 0 else [f"--address={self.address}"]
+            cmd = [str(ray), "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                   "--disable-usage-stats", f"--dashboard-agent-listen-port={a}", f"--dashboard-agent-grpc-port={b}",
+                   f"--runtime-env-agent-port={c}", f"--metrics-export-port={d}", *role]
+            log = open(self.root / f"node{i}.log", "wb")
+            self.procs.append(subprocess.Popen(cmd, env=self.env(f"node{i}"), stdout=log, stderr=subprocess.STDOUT,
+                                               start_new_session=True))
+            if i == 0:
+                self.wait(1)
+        self.wait(nodes)
+
+    def env(self, node: str = "node0") -> dict:
+        (self.root / node).mkdir(exist_ok=True)
+        env = dict(os.environ, HOME=str(self.root / "home"), RAY_TMPDIR=str(self.root / node), RAY_AUTH_MODE="disabled",
+                   RAY_USAGE_STATS_ENABLED="0")
+        env.pop("RAY_ADDRESS", None)
+        env.pop("STANCEWATCH_THREADS", None)
+        return env
+
+    def wait(self, n: int, timeout: float = 180) -> None:
+        probe = ("import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+                 "print(sum(1 for x in ray.nodes() if x['Alive']))")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env(), capture_output=True,
+                               text=True)
+            if r.returncode == 0 and r.stdout.strip().endswith(str(n)):
+                return
+            time.sleep(1)
+        self.stop()
+        raise SystemExit(f"the Ray cluster did not reach {n} nodes")
+
+    def stop(self) -> None:
+        import shutil
+        import signal
+
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def same_rows(a: Path, b: Path) -> bool:
+    """Same sentences, in the same order, with the same labels (probabilities may differ in the 6th place)."""
+    import pyarrow.parquet as pq
+
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    if ta.num_rows != tb.num_rows or ta.schema != tb.schema:
+        return False
+    keep = [n for n in ta.schema.names if not n.startswith("p_")]
+    return ta.select(keep).equals(tb.select(keep))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="Tag or artefact folder (default: production).")
@@ -135,6 +225,10 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256, help="Documents per chunk.")
     ap.add_argument("--workdir", type=Path, default=None, help="Where archives and outputs go (default: a temp dir).")
     ap.add_argument("--quick", action="store_true", help="1,000 vs 10,000 articles of 8-12 sentences.")
+    ap.add_argument("--ray", action="store_true", help="Add the Ray row (a local two-node cluster unless --ray-address).")
+    ap.add_argument("--ray-address", default=None, help="A running Ray cluster to use for the Ray row.")
+    ap.add_argument("--ray-nodes", type=int, default=2, help="Nodes of the cluster started for the Ray row.")
+    ap.add_argument("--ray-cpus", type=int, default=1, help="CPUs per node of that cluster.")
     args = ap.parse_args()
     if args.quick:
         args.articles, args.big, args.sentences = 1_000, 10_000, "8-12"
@@ -170,7 +264,35 @@ def main() -> None:
         results["rss_growth"] = growth
         print(f"peak RSS {results['small']['peak_rss_mib']:.0f} MiB for {args.articles} articles vs "
               f"{results['big']['peak_rss_mib']:.0f} MiB for {args.big}: x{growth:.2f} (goal: flat)")
+    if args.ray or args.ray_address:
+        results["ray"] = ray = ray_row(args, work)
+        lo_, ra = results["small"], ray["run"]
+        print("\n| engine | nodes x CPUs | sentences | rows agree | score s | sentences/s | process s | ratio to local |")
+        print("|---|---|---|---|---|---|---|---|")
+        print(f"| local | 1 x {os.cpu_count()} threads | {lo_['sentences']} | - | {lo_['score_s']:.1f} | "
+              f"{lo_['sentences_per_s']:.0f} | {lo_['process_s']:.1f} | 1.00 |")
+        print(f"| ray | {ray['nodes'] or '?'} x {args.ray_cpus} | {ra['sentences']} | {ray['same_rows']} | "
+              f"{ra['score_s']:.1f} | {ra['sentences_per_s']:.0f} | {ra['process_s']:.1f} | "
+              f"{ra['sentences_per_s'] / lo_['sentences_per_s']:.2f} (process: {lo_['process_s'] / ra['process_s']:.2f}) |")
     (work / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def ray_row(args, work: Path) -> dict:
+    """The Ray engine on the archive the local row used, and the comparison table."""
+    archive = work / f"articles-{args.articles}.{args.format}"
+    local = work / f"scored-{args.articles}.parquet"
+    cluster = None if args.ray_address else LocalCluster(args.ray_nodes, args.ray_cpus)
+    try:
+        address = args.ray_address or cluster.address
+        env = cluster.env() if cluster else None
+        nodes = args.ray_nodes if cluster else None
+        extra = ["--engine", "ray", "--ray-address", address] + (["--ray-actors", str(nodes)] if nodes else [])
+        out = work / f"scored-{args.articles}-ray.parquet"
+        r = run_score(archive, out, args.model, args.chunk, extra, env)
+    finally:
+        if cluster:
+            cluster.stop()
+    return {"run": r, "same_rows": same_rows(out, local), "nodes": nodes, "address": address}
 
 
 if __name__ == "__main__":

@@ -1,24 +1,40 @@
-"""`--engine ray`: local-mode Ray Data gives exactly the local engine's output on a small archive."""
+"""`--engine ray`: the local engine's job and files, with the model on Ray actors.
+
+In-process tests use a small Ray started by this module (HOME and Ray's temp dir isolated, so no
+~/.ray/auth_token or /tmp/ray session is left behind). The cluster tests start a real two-node
+cluster on 127.0.0.1 (`ray start --head` plus `ray start --address`, one CPU each, each node its
+own temp dir and object store), drive it through `--ray-address auto` and the `ray://` client as
+the README says, stop the worker node during a run, and stop both nodes by the PIDs they started.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tarfile
+import tempfile
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'ray[data]' to test --engine ray")
-pytest.importorskip("ray.data", reason="ray is installed without Ray Data: pip install 'ray[data]'")
+ray = pytest.importorskip("ray", reason="ray is not installed: pip install 'stancewatch[ray]' to test --engine ray")
 
 from stancewatch.model.predictor import StanceModel  # noqa: E402
 from stancewatch.scoring.pipeline import score  # noqa: E402
-from stancewatch.scoring.ray_engine import score_ray  # noqa: E402
+from stancewatch.scoring.ray_engine import RayEngineError, score_ray  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
 SENTENCES = [
     "Tokyo will not retract the prime minister's remarks on Taiwan.",
     "Beijing demanded that Japan correct its erroneous statement.",
@@ -50,100 +66,331 @@ def _archive(folder: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    """One small local Ray for the module (score_ray uses it and leaves it running)."""
-    import os
+def _many(path: Path, n: int) -> Path:
+    """`n` JSONL articles of 2-5 sentences (enough chunks to stop a node in the middle of a run)."""
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"id": f"m{i}", "text": " ".join(SENTENCES[(i + k) % 6] for k in range(2 + i % 4))}) + "\n")
+    return path
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+def _ray_env(home: Path, tmp: Path) -> dict[str, str]:
+    """An environment whose Ray state (auth token, sessions, address file) lives under `home`/`tmp`."""
+    env = dict(os.environ)
+    env.update({"HOME": str(home), "RAY_TMPDIR": str(tmp), "RAY_AUTH_MODE": "disabled",
+                "RAY_USAGE_STATS_ENABLED": "0", "STANCEWATCH_THREADS": "1", "PYTHONPATH": str(REPO)})
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """One small Ray for the module's in-process tests, its state isolated; shut down at the end."""
+    root = Path(tempfile.mkdtemp(prefix="swray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
+    (root / "home").mkdir()
+    os.environ.update({"HOME": str(root / "home"), "RAY_TMPDIR": str(root), "RAY_AUTH_MODE": "disabled",
+                       "RAY_USAGE_STATS_ENABLED": "0"})
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield
     ray.shutdown()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _rows(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    return pq.read_table(path).to_pylist()
 
 
 def _assert_same(got_path: Path, want_path: Path) -> None:
-    got, want = pq.read_table(got_path), pq.read_table(want_path)
-    assert got.schema == want.schema
-    got_rows, want_rows = got.to_pylist(), want.to_pylist()
-    assert len(got_rows) == len(want_rows) > 0
-    for g, w in zip(got_rows, want_rows):
+    got, want = _rows(got_path), _rows(want_path)
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
         assert list(g) == list(w)
         for key, value in w.items():
-            if key.startswith("p_"):
-                assert g[key] == pytest.approx(value, abs=1e-6), key
+            if key.startswith("p_") and value is not None:
+                assert g[key] == pytest.approx(value, abs=1.5e-6), key  # rounded to 6 places: one step apart at most
             else:
                 assert g[key] == value, key
 
 
-@pytest.mark.parametrize("write", ["ray", "driver"])
-def test_ray_engine_equals_local_engine(write, tmp_path, tiny_model, local_ray):
+def _assert_same_files(got: Path, want: Path, docs: bool = True) -> None:
+    _assert_same(got, want)
+    if docs:
+        _assert_same(got.with_name("docs-" + got.name), want.with_name("docs-" + want.name))
+    assert got.with_name(got.name + ".rejects.jsonl").read_text() == want.with_name(want.name + ".rejects.jsonl").read_text()
+
+
+# ---- in-process: one small Ray ------------------------------------------------------------------
+
+
+def test_ray_engine_writes_the_local_engines_files(tmp_path, tiny_model, local_ray):
     src = _archive(tmp_path)
     model = StanceModel.load(tiny_model.tag)
-    want = score([src], tmp_path / "local.parquet", model, doc_summary=tmp_path / "local-docs.parquet")
-    # A tiny window and batch: several rounds, several blocks and a document split across batches.
-    got = score_ray([src], tmp_path / "ray.parquet", model.folder, tag=model.tag, num_actors=1, threads=1,
-                    window=7, batch_size=3, write=write, doc_summary=tmp_path / "ray-docs.parquet")
+    want = score([src], tmp_path / "local.parquet", model, chunk_size=4, doc_summary=tmp_path / "docs-local.parquet")
+    # Chunks of 4 records and slices of 3 sentences: documents cut across slices and actors.
+    got = score_ray([src], tmp_path / "ray.parquet", model.folder, tag=model.tag, num_actors=2, threads=1,
+                    chunk_size=4, batch_size=3, doc_summary=tmp_path / "docs-ray.parquet")
     assert (got.documents, got.sentences, got.rejected) == (want.documents, want.sentences, want.rejected)
     assert want.rejected >= 3
-    _assert_same(tmp_path / "ray.parquet", tmp_path / "local.parquet")
-    _assert_same(tmp_path / "ray-docs.parquet", tmp_path / "local-docs.parquet")
-    assert (tmp_path / "ray.parquet.rejects.jsonl").read_text() == (tmp_path / "local.parquet.rejects.jsonl").read_text()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no parts or temp files left
+    _assert_same_files(tmp_path / "ray.parquet", tmp_path / "local.parquet")
+    # The same writer: the assembled file's row groups, statistics and metadata are the local engine's.
+    g, w = pq.ParquetFile(tmp_path / "ray.parquet").metadata, pq.ParquetFile(tmp_path / "local.parquet").metadata
+    assert g.num_row_groups == w.num_row_groups
+    text = g.schema.names.index("text")
+    assert not g.row_group(0).column(text).is_stats_set  # no min/max of the text columns (memory, see writer)
+    assert json.loads(g.metadata[b"stancewatch"])["model"] == model.tag
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name.endswith(".parts")]
 
 
-def test_cli_engine_ray(tmp_path, tiny_model, local_ray):
-    from typer.testing import CliRunner
-
-    from stancewatch.cli import app
+def test_ray_run_resumes_after_a_crash(tmp_path, tiny_model, local_ray, monkeypatch):
+    import stancewatch.scoring.writer as writer
 
     src = _archive(tmp_path)
-    runner = CliRunner()
-    for engine, out in (("local", "local.jsonl"), ("ray", "ray.jsonl")):
-        result = runner.invoke(app, ["score", str(src), "--out", str(tmp_path / out), "--model", tiny_model.tag,
-                                     "--engine", engine, "--no-progress"])
-        assert result.exit_code == 0, result.output
-    got = [json.loads(line) for line in (tmp_path / "ray.jsonl").read_text().splitlines()]
-    want = [json.loads(line) for line in (tmp_path / "local.jsonl").read_text().splitlines()]
-    assert len(got) == len(want) > 0
-    for g, w in zip(got, want):
-        assert list(g) == list(w)
-        assert {k: v for k, v in g.items() if not k.startswith("p_")} == {k: v for k, v in w.items()
-                                                                         if not k.startswith("p_")}
-        for k in (k for k in w if k.startswith("p_")):
-            assert g[k] == pytest.approx(w[k], abs=1e-6)
-    assert ray.is_initialized()  # the CLI used the running Ray and left it alone
-
-
-def test_split_rejects_travel_through_the_actor_step(tiny_model, monkeypatch):
-    """Records the splitter fails on become reject rows that the Predictor passes on (no Ray needed)."""
-    import pyarrow as pa
-
-    import stancewatch.scoring.pipeline as pipeline
-    from stancewatch.scoring.ray_engine import REJECT, Predictor, _records_table, read_model_folder, split_batch
-
-    real = pipeline.split_sentences
-
-    def split(text):
-        if "BOOM" in text:
-            raise RuntimeError("segmenter failed")
-        return real(text)
-
-    monkeypatch.setattr(pipeline, "split_sentences", split)
     model = StanceModel.load(tiny_model.tag)
-    records = _records_table([{"_item": 0, "doc_id": "a", "source": "s", "record_no": 1, "text": SENTENCES[0]},
-                              {"_item": 1, "doc_id": "b", "source": "s", "record_no": 2, "text": "BOOM. BOOM."},
-                              {"_item": 2, "doc_id": "c", "source": "s", "record_no": 3,
-                               "text": " ".join(SENTENCES[1:3])}])
-    rows = split_batch(records, "document")
-    assert rows.column("_item").to_pylist() == [0, 1, 2, 2]
-    scored = Predictor(read_model_folder(model.folder), model.tag, threads=1)(rows)
-    bad = scored.filter(scored.column(REJECT).is_valid()).to_pylist()
-    assert [(r["_item"], r["source"], r["_record_no"], r[REJECT]) for r in bad] == [
-        (1, "s", 2, "cannot split: segmenter failed")]
-    good = scored.filter(pa.compute.invert(scored.column(REJECT).is_valid()))
-    probs, _ = model.predict_arrays(SENTENCES[:3], [None, None, SENTENCES[1]])
-    name = model.schema.targets[0].name
-    assert good.column("text").to_pylist() == SENTENCES[:3]
-    assert good.column(f"p_{name}_{model.schema.targets[0].labels[0]}").to_pylist() == pytest.approx(
-        [float(p) for p in probs[0][:, 0]], abs=1e-6)
+    score([src], tmp_path / "local.parquet", model, chunk_size=3, doc_summary=tmp_path / "docs-local.parquet")
+    real, calls = writer._write_json_atomic, {"n": 0}
+
+    def crash_on_fourth_manifest(path, data):
+        calls["n"] += 1
+        if calls["n"] == 4:  # 1: the empty manifest, 2-3: two chunks, then the driver dies
+            raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(writer, "_write_json_atomic", crash_on_fourth_manifest)
+    kwargs = dict(tag=model.tag, num_actors=1, threads=1, chunk_size=3, batch_size=4,
+                  doc_summary=tmp_path / "docs-ray.parquet")
+    with pytest.raises(KeyboardInterrupt):
+        score_ray([src], tmp_path / "ray.parquet", model.folder, **kwargs)
+    monkeypatch.setattr(writer, "_write_json_atomic", real)
+    with pytest.raises(Exception, match="--resume"):  # an unfinished run is never overwritten silently
+        score_ray([src], tmp_path / "ray.parquet", model.folder, **kwargs)
+    result = score_ray([src], tmp_path / "ray.parquet", model.folder, resume=True, **kwargs)
+    assert result.items_resumed == 6
+    _assert_same_files(tmp_path / "ray.parquet", tmp_path / "local.parquet")
+
+
+class ShortScorer:
+    """A broken replica that drops the last row of every slice (stands in for lost rows)."""
+
+    def __init__(self, *args, **kwargs):
+        from stancewatch.scoring.ray_engine import Scorer
+
+        self.inner = Scorer(*args, **kwargs)
+
+    def ready(self):
+        return self.inner.ready()
+
+    def score(self, chunk, schema):
+        table, ids = self.inner.score(chunk, schema)
+        return table.slice(0, max(table.num_rows - 1, 0)), [i[:-1] for i in ids]
+
+
+def test_a_short_result_stops_the_run_and_writes_nothing(tmp_path, tiny_model, local_ray, monkeypatch):
+    from ray import cloudpickle
+
+    import stancewatch.scoring.ray_engine as engine
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    monkeypatch.setattr(engine, "Scorer", ShortScorer)
+    src = _archive(tmp_path)
+    model = StanceModel.load(tiny_model.tag)
+    with pytest.raises(RayEngineError, match=r"returned \d+ rows for \d+ sentences") as err:
+        score_ray([src], tmp_path / "ray.parquet", model.folder, tag=model.tag, num_actors=1, threads=1)
+    assert "Nothing was written" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["news.tar.gz"]
+
+
+def test_bad_thread_setting_is_named(tmp_path, tiny_model, monkeypatch):
+    from stancewatch.settings import SettingError
+
+    monkeypatch.setenv("STANCEWATCH_THREADS", "0")
+    src = _archive(tmp_path)
+    with pytest.raises(SettingError, match="STANCEWATCH_THREADS='0' is too small"):
+        score_ray([src], tmp_path / "ray.parquet", StanceModel.load(tiny_model.tag).folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["news.tar.gz"]
+
+
+def test_too_many_actors_for_the_cluster_is_named(tmp_path, tiny_model, local_ray):
+    src = _archive(tmp_path)
+    with pytest.raises(RayEngineError, match=r"--ray-actors 3 with 1 threads each .* needs 3 CPUs; the cluster has 2"):
+        score_ray([src], tmp_path / "ray.parquet", StanceModel.load(tiny_model.tag).folder, num_actors=3, threads=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["news.tar.gz"]
+
+
+# ---- the command line in fresh processes --------------------------------------------------------
+
+
+def _cli(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stancewatch.cli", "score", *args, "--no-progress"], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_unreachable_ray_is_a_clear_error_and_leaves_nothing(tmp_path, tiny_model):
+    src = _archive(tmp_path)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _ray_env(tmp_path / "home", tmp_path)
+    r = _cli([str(src), "--out", str(tmp_path / "o.parquet"), "--model", tiny_model.tag, "--engine", "ray",
+              "--ray-address", f"127.0.0.1:{port}"], env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"cannot reach Ray at 127.0.0.1:{port}: nothing answers" in r.stdout + r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["news.tar.gz"]
+
+
+def test_private_local_ray_leaves_no_auth_token(tmp_path, tiny_model):
+    """A Ray started for one run must not write ~/.ray/auth_token: later `ray start`s would pick it up."""
+    src = _archive(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="swray-", dir="/tmp"))
+    env = _ray_env(home, ray_tmp)
+    env.pop("RAY_AUTH_MODE")  # Ray's default: token authentication for a new local cluster
+    try:
+        r = _cli([str(src), "--out", str(tmp_path / "ray.jsonl"), "--model", tiny_model.tag, "--engine", "ray"], env)
+        assert r.returncode == 0, r.stdout + r.stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not (home / ".ray" / "auth_token").exists()
+    model = StanceModel.load(tiny_model.tag)
+    score([src], tmp_path / "local.jsonl", model)
+    _assert_same_files(tmp_path / "ray.jsonl", tmp_path / "local.jsonl", docs=False)
+
+
+# ---- a real two-node cluster --------------------------------------------------------------------
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Cluster:
+    """`ray start --head` and `ray start --address` on 127.0.0.1, one CPU each, each in its own process
+    group (`--block`), so that stopping a node is one killpg of the PID we started."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.home = root / "home"
+        self.home.mkdir()
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.port, self.client_port = _free_ports(2)
+        self.address = f"127.0.0.1:{self.port}"
+        # Node death is noticed after failed health checks (default 5 x 3 s); faster here.
+        self.health = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
+                       "RAY_health_check_timeout_ms": "500"}
+
+    def env(self, node: str) -> dict[str, str]:
+        (self.root / node).mkdir(exist_ok=True)
+        return {**_ray_env(self.home, self.root / node), **self.health}
+
+    def _node_ports(self) -> list[str]:
+        a, b, c, d = _free_ports(4)
+        return [f"--dashboard-agent-listen-port={a}", f"--dashboard-agent-grpc-port={b}",
+                f"--runtime-env-agent-port={c}", f"--metrics-export-port={d}"]
+
+    def start(self, node: str, args: list[str]) -> None:
+        log = open(self.root / f"{node}.log", "wb")
+        cmd = [str(RAY), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+               "--object-store-memory=150000000", "--disable-usage-stats", *self._node_ports(), *args]
+        self.procs[node] = subprocess.Popen(cmd, env=self.env(node), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True, cwd=self.root)
+
+    def wait_nodes(self, n: int, timeout: float = 120) -> None:
+        probe = ("import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+                 "print(sum(1 for x in ray.nodes() if x['Alive']))")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for node, p in self.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{node} exited: {(self.root / f'{node}.log').read_text()[-3000:]}")
+            r = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env("driver"),
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == [str(n)]:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"cluster did not reach {n} nodes: {(self.root / 'head.log').read_text()[-3000:]}")
+
+    def stop(self, node: str) -> None:
+        p = self.procs.pop(node, None)
+        if p is None or p.poll() is not None:
+            return
+        os.killpg(p.pid, signal.SIGKILL)  # the node's raylet, object store, workers: one group
+        p.wait(30)
+
+
+@pytest.fixture
+def cluster(tiny_model):
+    root = Path(tempfile.mkdtemp(prefix="swrc-", dir="/tmp"))
+    c = Cluster(root)
+    try:
+        c.start("head", ["--head", f"--port={c.port}", f"--ray-client-server-port={c.client_port}",
+                         "--include-dashboard=false"])
+        c.start("worker", [f"--address={c.address}"])
+        c.wait_nodes(2)
+        yield c
+    finally:
+        for node in list(c.procs):
+            c.stop(node)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_node_cluster_auto_and_client_equal_the_local_engine(tmp_path, tiny_model, cluster):
+    src = _archive(tmp_path)
+    model = StanceModel.load(tiny_model.tag)
+    score([src], tmp_path / "local.parquet", model, doc_summary=tmp_path / "docs-local.parquet")
+    env = cluster.env("head")  # the driver on the head node: `auto` finds the cluster in RAY_TMPDIR
+    for name, address in (("auto", "auto"), ("client", f"ray://127.0.0.1:{cluster.client_port}")):
+        out = tmp_path / f"{name}.parquet"
+        r = _cli([str(src), "--out", str(out), "--model", tiny_model.tag, "--engine", "ray", "--ray-address", address,
+                  "--ray-actors", "2", "--chunk-size", "4", "--doc-summary", str(tmp_path / f"docs-{name}.parquet")],
+                 env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        _assert_same_files(out, tmp_path / "local.parquet")
+
+
+def test_worker_node_lost_mid_run(tmp_path, tiny_model, cluster):
+    """Stop the worker node while a run is scoring: its batches are retried on the head's actor, the
+    user is told, and the output is complete and equal to the local engine's."""
+    src = _many(tmp_path / "many.jsonl", 1500)
+    out = tmp_path / "ray.parquet"
+    cmd = [sys.executable, "-m", "stancewatch.cli", "score", str(src), "--out", str(out), "--model", tiny_model.tag,
+           "--engine", "ray", "--ray-address", "auto", "--ray-actors", "2", "--chunk-size", "10", "--no-progress"]
+    log = open(tmp_path / "run.log", "w+")
+    run = subprocess.Popen(cmd, env=cluster.env("head"), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        manifest = out.with_name(out.name + ".parts") / "manifest.json"
+        deadline = time.time() + 180
+        while time.time() < deadline and run.poll() is None:
+            try:
+                if json.loads(manifest.read_text())["items_done"] >= 100:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.1)
+        assert run.poll() is None, "the run ended before the node could be stopped: " + Path(log.name).read_text()
+        cluster.stop("worker")
+        assert run.wait(240) == 0, Path(log.name).read_text()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    text = Path(log.name).read_text()
+    print(text)  # what the user saw (pytest -s shows it)
+    assert "Ray scoring actor" in text and "was lost" in text and "retried on the 1 actor left" in text, text
+    score([src], tmp_path / "local.parquet", StanceModel.load(tiny_model.tag))
+    _assert_same(out, tmp_path / "local.parquet")

@@ -186,9 +186,9 @@ def _add_kept(cols: dict, schema: pa.Schema, kept: list[tuple]) -> None:
         cols[name] = [k[j] for k in kept]
 
 
-def doc_table(model, chunk: Chunk, label_ids: list[np.ndarray], schema: pa.Schema) -> pa.Table:
-    """Per document: its sentence count, how many were unsupported, and per target the share of its
-    supported sentences with each label."""
+def doc_table(targets, chunk: Chunk, label_ids: list[np.ndarray], schema: pa.Schema) -> pa.Table:
+    """Per document: its sentence count, how many were unsupported, and per target (the model schema's
+    `targets`) the share of its supported sentences with each label."""
     counts = np.array([n for _, _, n in chunk.docs], dtype=np.int64)
     owner = np.repeat(np.arange(len(counts)), counts)  # sentence -> document row
     cols: dict[str, object] = {"doc_id": [d for d, _, _ in chunk.docs], "source": [s for _, s, _ in chunk.docs],
@@ -198,7 +198,7 @@ def doc_table(model, chunk: Chunk, label_ids: list[np.ndarray], schema: pa.Schem
         np.add.at(unsupported, owner, (label_ids[0] < 0).astype(np.int64))
     cols["unsupported"] = unsupported
     read = np.maximum(counts - unsupported, 1)
-    for target, ids in zip(model.schema.targets, label_ids):
+    for target, ids in zip(targets, label_ids):
         hits = np.zeros((len(counts), len(target.labels)))
         ok = ids >= 0
         np.add.at(hits, (owner[ok], ids[ok]), 1)
@@ -219,6 +219,12 @@ def check_job(inputs, out, unit: str, doc_summary: Path | None) -> tuple[list[Pa
     if doc_summary is not None:
         output_format(doc_summary)
     return inputs, Path(out)
+
+
+# One engine's scoring step: (chunks, sentence schema) -> (chunk, its sentence table, its label ids), in
+# chunk order. The local engine runs the model here; the Ray engine (ray_engine.py) hands the chunk's
+# sentences to actors. Everything around it (job settings, checkpoints, resume, assembly) is `run_job`.
+ChunkScorer = Callable[[Iterator[Chunk], pa.Schema], Iterator[tuple[Chunk, pa.Table, list[np.ndarray]]]]
 
 
 def score(
@@ -242,17 +248,51 @@ def score(
 
     `keep_fields` are input fields copied to every sentence and document row (a record missing one, or
     with a malformed value, is a reject); those also in `date_fields` must be ISO 8601 dates."""
+
+    def local(chunks: Iterator[Chunk], schema: pa.Schema):
+        for chunk in chunks:
+            table, label_ids = predict_table(model, chunk, schema)
+            yield chunk, table, label_ids
+
+    return run_job(inputs, out, model.tag, model.schema, local, unit=unit, text_field=text_field, id_field=id_field,
+                   resume=resume, chunk_size=chunk_size, doc_summary=doc_summary, max_member_bytes=max_member_bytes,
+                   keep_fields=keep_fields, date_fields=date_fields, on_start=on_start, on_chunk=on_chunk)
+
+
+def run_job(
+    inputs: list[Path],
+    out: Path,
+    tag: str,
+    model_schema,
+    scorer: ChunkScorer,
+    *,
+    unit: str = "document",
+    text_field: str = "text",
+    id_field: str = "id",
+    resume: bool = False,
+    chunk_size: int | None = None,
+    doc_summary: Path | None = None,
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    keep_fields: tuple[str, ...] = (),
+    date_fields: tuple[str, ...] = ("date",),
+    on_start: Callable[[int], None] | None = None,
+    on_chunk: Callable[[ChunkDone], None] | None = None,
+) -> ScoreResult:
+    """The job around an engine's `scorer`: chunks cut from the inputs, each committed to the part
+    store (fsync, rejects, document summary) as it comes back, then assembled. Shared by both engines,
+    so a job either of them left unfinished resumes with the same settings."""
     inputs, out = check_job(inputs, out, unit, doc_summary)
     chunk_size = int(chunk_size or DEFAULT_CHUNK[unit])
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     job = {"inputs": [str(p.resolve()) for p in inputs], "unit": unit, "text_field": text_field,
-           "id_field": id_field, "model": model.tag, "chunk_size": chunk_size, "max_member_bytes": max_member_bytes,
+           "id_field": id_field, "model": tag, "chunk_size": chunk_size, "max_member_bytes": max_member_bytes,
            "doc_summary": doc_summary is not None}
     keep_fields = tuple(keep_fields)
     date_fields = tuple(f for f in date_fields if f in keep_fields)
-    schema = sentence_schema(model.schema.targets, keep_fields)  # raises on a kept name that is an output column
-    dschema = doc_schema(model.schema.targets, keep_fields)
+    targets = model_schema.targets
+    schema = sentence_schema(targets, keep_fields)  # raises on a kept name that is an output column
+    dschema = doc_schema(targets, keep_fields)
     if keep_fields:  # only then, so that unfinished runs of earlier versions still resume
         job.update(keep_fields=list(keep_fields), date_fields=list(date_fields))
     store = PartStore(out, job, resume)
@@ -264,18 +304,21 @@ def score(
     opt = ReadOptions(text_field=text_field, id_field=id_field, max_member_bytes=max_member_bytes,
                       keep_fields=keep_fields, date_fields=date_fields)
     chunks = _prefetched(_chunks(iter_items(inputs, opt), chunk_size, skip, unit), PREFETCH)
-    with closing(chunks):  # on any error, stop the reader thread now
-        for chunk in chunks:
-            table, label_ids = predict_table(model, chunk, schema)
-            docs = doc_table(model, chunk, label_ids, dschema) if doc_summary is not None else None
-            store.commit(chunk.items, len(chunk.docs), table, chunk.rejects, docs)
-            docs_run += len(chunk.docs)
-            sentences_run += table.num_rows
-            if on_chunk:
-                on_chunk(ChunkDone(chunk.items, len(chunk.docs), table.num_rows, len(chunk.rejects)))
+    try:
+        with closing(chunks):  # on any error, stop the reader thread now
+            for chunk, table, label_ids in scorer(chunks, schema):
+                docs = doc_table(targets, chunk, label_ids, dschema) if doc_summary is not None else None
+                store.commit(chunk.items, len(chunk.docs), table, chunk.rejects, docs)
+                docs_run += len(chunk.docs)
+                sentences_run += table.num_rows
+                if on_chunk:
+                    on_chunk(ChunkDone(chunk.items, len(chunk.docs), table.num_rows, len(chunk.rejects)))
+    except BaseException:
+        store.discard_if_empty()  # a run that failed before its first commit leaves nothing behind
+        raise
     m = store.manifest
     store.finish(schema, doc_summary, dschema,
-                 output_metadata(model.tag, model.schema.to_dict(), unit, keep_fields))
+                 output_metadata(tag, model_schema.to_dict(), unit, keep_fields))
     return ScoreResult(out=out, rejects=store.rejects_path, documents=m["documents"], sentences=m["sentences"],
                        rejected=m["rejected"], items_resumed=skip, documents_this_run=docs_run,
                        sentences_this_run=sentences_run, elapsed_s=time.perf_counter() - started)

@@ -1,69 +1,99 @@
-"""Batch scoring on Ray Data: the same rows as the local engine (pipeline.py), computed on a Ray cluster.
+"""Batch scoring on a Ray cluster: the local engine's job (pipeline.run_job), with the model on Ray actors.
 
-The driver reads the inputs with `scoring.readers.iter_items` (inputs never need to be visible to the
-workers) and cuts the item stream into rounds of `window` items, so driver and object-store memory
-stay bounded whatever the input size. Each round is one Ray Data pipeline:
+Everything but the model call is the local engine's code, run on the driver: the inputs are read
+and split into sentences there (`pipeline._chunks`, in a background thread), every chunk is
+committed to the same part store (`writer.PartStore`: fsync, rejects, document summary, manifest),
+so `--resume` works the same way and the assembled files are the same (row groups, statistics,
+metadata). Only `predict_table` moves: each chunk's sentences are cut into slices of
+`batch_size` and sent to a pool of long-lived actors, each holding one model copy, at most
+`INFLIGHT` slices per actor. Workers never write a file, so it does not matter whether they share
+a disk with the driver; scored rows come back through the object store and every slice and every
+chunk is checked against the number of sentences sent before it is committed.
 
-    from_arrow(blocks of records)
-      -> map_batches(split_batch)                   tasks: sentences with offsets and context (`prepare`)
-      -> map_batches(Predictor, ActorPoolStrategy)  N actors: each loads the model once, scores batches
-      -> write_parquet(parts folder)                or, on a remote cluster, streamed back to the driver
+Where the time went in the Ray Data version this replaces (two one-CPU nodes, 400 articles):
+a fresh actor pool per round (every actor imported the package and loaded the model again), Ray
+Data's executor and its split tasks competing with the actors for the same two CPUs, and each
+actor's Rust thread pools (language detection, tokenizer) sized for the whole machine instead of
+its CPU share, which is what collapsed under load. Here actors start once per job, the split runs
+where the local engine runs it, and each actor's thread pools are capped to the CPUs Ray gave it.
 
-The model travels as bytes: the driver reads the exported model folder into a {relative path: bytes}
-dict and `ray.put`s it once; every actor writes it to a private temporary folder and builds a
-`StanceModel` there. Workers need neither a shared filesystem nor a BentoML model store, only this
-package installed.
-
-Every row carries `_item` (the record's position in the input stream); after a round, the driver
-orders the part files by `_item` and sorts rows by (`_item`, `sentence_index`), so the assembled
-output has exactly the local engine's rows, columns and order. Rows of records that cannot be split
-travel through the pipeline as rejects (`_reject` set) and are merged, in input order, with the
-rejects the readers found. The helper columns are dropped before writing.
+A lost actor (its node died or was stopped) is dropped; its unfinished slices go to the remaining
+actors, and a warning says so. When no actor is left, the run stops with an error that says how
+much is committed and that `--resume` finishes it.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import time
+import uuid
 import weakref
+from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from stancewatch.scoring.pipeline import Chunk, ChunkDone, ScoreResult, check_job, predict_table, prepare
-from stancewatch.scoring.readers import DEFAULT_MAX_MEMBER_BYTES, ReadOptions, Record, Reject, iter_items
-from stancewatch.scoring.writer import OutputError, doc_schema, output_format, sentence_schema
+from stancewatch import settings
+from stancewatch.scoring.pipeline import Chunk, ChunkDone, ScoreResult, check_job, predict_table, run_job
+from stancewatch.scoring.readers import DEFAULT_MAX_MEMBER_BYTES
 
-DEFAULT_WINDOW = 16384  # input items per Ray round (bounds driver and object-store memory)
-BLOCK_ITEMS = 64  # records per input block (the unit of parallelism of the split step)
-PREDICT_BATCH = 512  # sentences per actor call
-WRITE_MODES = ("auto", "ray", "driver")
-
-# Helper columns carried through the pipeline and dropped at the end.
-ITEM, RECORD_NO, REJECT, CONTEXT = "_item", "_record_no", "_reject", "_context"
+PREDICT_BATCH = 512  # sentences per actor call: ~1 s of MiniLM int8 on one core, so Ray's ~1 ms per call is noise
+INFLIGHT = 2  # slices queued per actor: the next one is waiting while the current one runs
+MAX_ATTEMPTS = 3  # actors a slice may lose before the run stops (a slice that kills every actor it meets)
+OPEN_CHUNKS = 4  # chunks being scored at once (bounds driver memory like the local engine's prefetch)
 
 
 class RayEngineError(Exception):
-    """Ray is missing or cannot be reached."""
+    """Ray is missing, cannot be reached, or lost the actors that score."""
 
 
 # ---- the model as bytes -------------------------------------------------------------------------
 
 
-def read_model_folder(folder: str | Path) -> dict[str, bytes]:
-    """Every file of an exported model folder as {posix relative path: bytes}."""
+def needed_files(folder: Path, backend: str = "auto") -> Callable[[str], bool]:
+    """Which files of a model folder inference with `backend` reads.
+
+    A saved version holds the torch weights, two OpenVINO exports, its training data and its report
+    (196 MB for MiniLM); an OpenVINO int8 replica reads 24 MB of it. Shipping only that through the
+    object store keeps actor start-up and object-store memory small."""
+    import json
+
+    try:
+        runtime = json.loads((folder / "stancewatch.json").read_text(encoding="utf-8")).get("runtime", {})
+    except (OSError, ValueError):
+        runtime = {}
+    chosen = runtime.get("backend", "torch") if backend == "auto" else backend
+    ov_stem = "model_int8." if runtime.get("precision", "int8") == "int8" else "model."
+
+    def keep(rel: str) -> bool:
+        if rel.startswith(("eval/", "data/")):
+            return False  # the evaluation report and the training examples
+        if chosen == "openvino":
+            return rel != "model.safetensors" and (not rel.startswith("openvino/model")
+                                                   or rel.startswith("openvino/" + ov_stem))
+        if chosen == "torch":
+            return not rel.startswith("openvino/")
+        return True
+
+    return keep
+
+
+def read_model_folder(folder: str | Path, backend: str | None = None) -> dict[str, bytes]:
+    """The files of an exported model folder as {posix relative path: bytes}: all of them, or with
+    `backend`, those that backend reads (`needed_files`)."""
     folder = Path(folder)
+    keep = needed_files(folder, backend) if backend else (lambda rel: True)
     files = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            files[path.relative_to(folder).as_posix()] = path.read_bytes()
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and keep(rel):
+            files[rel] = path.read_bytes()
     if "schema.json" not in files:
         raise ValueError(f"{folder} is not a model folder (no schema.json)")
     return files
@@ -81,212 +111,347 @@ def write_model_folder(files: dict[str, bytes], folder: Path) -> Path:
     return root
 
 
-# ---- schemas ------------------------------------------------------------------------------------
+# ---- the actor ----------------------------------------------------------------------------------
 
 
-def _split_schema() -> pa.Schema:
-    return pa.schema([(ITEM, pa.int64()), ("doc_id", pa.string()), ("source", pa.string()),
-                      ("sentence_index", pa.int32()), ("start", pa.int64()), ("end", pa.int64()),
-                      ("text", pa.string()), (CONTEXT, pa.string()), (RECORD_NO, pa.int64()),
-                      (REJECT, pa.string())])
+def cap_threads(threads: int) -> None:
+    """Size this process's thread pools to `threads` before anything creates them.
+
+    Ray sets OMP_NUM_THREADS for an actor, but the language detector (lingua) and the tokenizer are
+    Rust libraries with their own rayon pools, one thread per machine CPU by default: two one-CPU
+    actors on a two-core machine then ran six busy threads, which under an outside load turned
+    into a 16x slowdown (491 s against 31 s locally) instead of sharing the cores.
+    """
+    for name in ("RAYON_NUM_THREADS", "RAYON_RS_NUM_CPUS", "OMP_NUM_THREADS"):
+        os.environ[name] = str(threads)
 
 
-def _scored_schema(out_schema: pa.Schema) -> pa.Schema:
-    return pa.schema([pa.field(ITEM, pa.int64())] + list(out_schema)
-                     + [pa.field(RECORD_NO, pa.int64()), pa.field(REJECT, pa.string())])
+class Scorer:
+    """One model replica on a Ray worker: built once from the shipped model files, then scores slices."""
 
-
-# ---- pipeline steps (run on workers) ------------------------------------------------------------
-
-
-def split_batch(batch: pa.Table, unit: str) -> pa.Table:
-    """Records -> one row per sentence (with its context), or one reject row per unsplittable record."""
-    cols: dict[str, list] = {name: [] for name in _split_schema().names}
-    for row in batch.to_pylist():
-        record = Record(row["source"], row["record_no"], row["doc_id"], row["text"])
-        chunk = prepare([record], unit)  # the local engine's splitting, record by record
-        for rej in chunk.rejects:
-            for name, value in ((ITEM, row[ITEM]), ("doc_id", None), ("source", rej["source"]),
-                                ("sentence_index", None), ("start", None), ("end", None), ("text", None),
-                                (CONTEXT, None), (RECORD_NO, rej["record_no"]), (REJECT, rej["reason"])):
-                cols[name].append(value)
-        n = len(chunk.text)
-        cols[ITEM] += [row[ITEM]] * n
-        cols["doc_id"] += chunk.doc_id
-        cols["source"] += chunk.source
-        cols["sentence_index"] += chunk.index
-        cols["start"] += chunk.start
-        cols["end"] += chunk.end
-        cols["text"] += chunk.text
-        cols[CONTEXT] += chunk.context
-        cols[RECORD_NO] += [row["record_no"]] * n
-        cols[REJECT] += [None] * n
-    return pa.Table.from_pydict(cols, schema=_split_schema())
-
-
-class Predictor:
-    """A Ray Data actor: loads the model once from its shipped bytes, then scores sentence batches."""
-
-    def __init__(self, model_files, tag: str, backend: str = "auto", threads: int = 1):
-        import ray
-
+    def __init__(self, files: dict[str, bytes], tag: str, backend: str = "auto", threads: int = 1):
+        started = time.perf_counter()
+        cap_threads(threads)
         from stancewatch.model.predictor import StanceModel
 
-        files = model_files[0] if isinstance(model_files, list) else model_files  # [ref]: not auto-resolved
-        if isinstance(files, ray.ObjectRef):
-            files = ray.get(files)
         folder = Path(tempfile.mkdtemp(prefix="stancewatch-model-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
         self.model = StanceModel(write_model_folder(files, folder), backend=backend, threads=threads, tag=tag)
-        self.out_schema = sentence_schema(self.model.schema.targets)
-        self.schema = _scored_schema(self.out_schema)
+        self.model.read(["Warm-up."], [None])  # loads the language models now, not inside the first slice
+        self.load_s = time.perf_counter() - started
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rejected = batch.column(REJECT).is_valid()
-        good = batch.filter(pc.invert(rejected))
-        bad = batch.filter(rejected)
-        chunk = Chunk(items=0, doc_id=good.column("doc_id").to_pylist(), source=good.column("source").to_pylist(),
-                      index=good.column("sentence_index").to_pylist(), start=good.column("start").to_pylist(),
-                      end=good.column("end").to_pylist(), text=good.column("text").to_pylist(),
-                      context=good.column(CONTEXT).to_pylist())
-        table, _ = predict_table(self.model, chunk, self.out_schema)
-        scored = table.add_column(0, ITEM, good.column(ITEM))
-        scored = scored.append_column(RECORD_NO, good.column(RECORD_NO))
-        scored = scored.append_column(REJECT, good.column(REJECT))
-        if bad.num_rows == 0:
-            return scored.cast(self.schema)
-        nulls = {f.name: pa.nulls(bad.num_rows, f.type) for f in self.schema}
-        for name in (ITEM, "source", RECORD_NO, REJECT):
-            nulls[name] = bad.column(name)
-        return pa.concat_tables([scored.cast(self.schema), pa.table(nulls, schema=self.schema)])
+    def ready(self) -> dict:
+        import ray
+
+        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "load_s": self.load_s}
+
+    def score(self, chunk: Chunk, schema: pa.Schema) -> tuple[pa.Table, list[np.ndarray]]:
+        return predict_table(self.model, chunk, schema)
 
 
-# ---- assembling on the driver -------------------------------------------------------------------
+def slice_chunk(chunk: Chunk, a: int, b: int) -> Chunk:
+    """Sentences a:b of a chunk, as a chunk of their own (no documents or rejects: the driver keeps those)."""
+    return Chunk(items=0, doc_id=chunk.doc_id[a:b], source=chunk.source[a:b], index=chunk.index[a:b],
+                 start=chunk.start[a:b], end=chunk.end[a:b], text=chunk.text[a:b], context=chunk.context[a:b],
+                 kept=chunk.kept[a:b])
 
 
-class _Sink:
-    """One output file (parquet, jsonl or csv by suffix), written under a temporary name."""
-
-    def __init__(self, path: Path, schema: pa.Schema):
-        self.path, self.schema, self.format = path, schema, output_format(path)
-        self.tmp = path.with_name(f".{path.name}.tmp")
-        if self.format == "parquet":
-            self._w = pq.ParquetWriter(self.tmp, schema, compression="zstd")
-        elif self.format == "csv":
-            import pyarrow.csv as pcsv
-
-            self._w = pcsv.CSVWriter(self.tmp, schema)
-        else:
-            self._w = open(self.tmp, "w", encoding="utf-8")
-
-    def write(self, table: pa.Table) -> None:
-        table = table.select(self.schema.names).cast(self.schema)
-        if self.format == "jsonl":
-            for batch in table.to_batches(max_chunksize=4096):
-                self._w.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in batch.to_pylist())
-        else:
-            self._w.write_table(table)
-
-    def close(self, commit: bool) -> None:
-        self._w.close()
-        if commit:
-            os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
-
-
-class _DocStats:
-    """Per-document sentence counts and label shares of one round (`doc_table`'s numbers)."""
-
-    def __init__(self, targets):
-        self.targets = targets
-        self.docs: dict[int, list] = {}  # _item -> [doc_id, source, count, hits per target, unsupported]
-
-    def add(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        items = table.column(ITEM).to_numpy()
-        uniq, first, inverse = np.unique(items, return_index=True, return_inverse=True)
-        counts = np.bincount(inverse, minlength=len(uniq))
-        doc_ids = table.column("doc_id").take(pa.array(first)).to_pylist()
-        sources = table.column("source").take(pa.array(first)).to_pylist()
-        unsupported = np.bincount(inverse, weights=~table.column("supported").to_numpy(zero_copy_only=False),
-                                  minlength=len(uniq))
-        per_target = []
-        for t in self.targets:
-            index = {label: j for j, label in enumerate(t.labels)}
-            ids = np.array([index.get(v, -1) for v in table.column(t.name).to_pylist()], dtype=np.int64)
-            ok = ids >= 0  # unsupported sentences carry no label
-            hits = np.zeros((len(uniq), len(t.labels)))
-            np.add.at(hits, (inverse[ok], ids[ok]), 1)
-            per_target.append(hits)
-        for k, item in enumerate(uniq.tolist()):
-            entry = self.docs.setdefault(item, [doc_ids[k], sources[k], 0,
-                                                [np.zeros(len(t.labels)) for t in self.targets], 0])
-            entry[2] += int(counts[k])
-            entry[4] += int(unsupported[k])
-            for acc, hits in zip(entry[3], per_target):
-                acc += hits[k]
-
-    def table(self, schema: pa.Schema) -> pa.Table:
-        keys = sorted(self.docs)
-        cols: dict[str, list] = {"doc_id": [self.docs[k][0] for k in keys], "source": [self.docs[k][1] for k in keys],
-                                 "sentences": [self.docs[k][2] for k in keys],
-                                 "unsupported": [self.docs[k][4] for k in keys]}
-        for ti, t in enumerate(self.targets):
-            for j, label in enumerate(t.labels):
-                cols[f"share_{t.name}_{label}"] = [
-                    float(np.round(self.docs[k][3][ti][j] / max(self.docs[k][2] - self.docs[k][4], 1), 6)) for k in keys]
-        self.docs = {}
-        return pa.Table.from_pydict(cols, schema=schema)
-
-
-def _ordered_tables(folder: Path) -> list[pa.Table] | None:
-    """The round's part files as tables in input order, or None when they hold no rows."""
-    files = sorted(folder.rglob("*.parquet"))
-    spans = []
-    for f in files:
-        column = pq.read_table(f, columns=[ITEM]).column(ITEM)
-        if len(column):
-            spans.append((pc.min(column).as_py(), pc.max(column).as_py(), f))
-    if not spans:
-        return None
-    spans.sort(key=lambda s: (s[0], s[1]))
-    disjoint = all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
-    keys = [(ITEM, "ascending"), ("sentence_index", "ascending")]
-    if disjoint:  # the usual case (order preserved): one file in memory at a time
-        return [pq.read_table(f).sort_by(keys) for _, _, f in spans]
-    # A document split across files: sort the whole round (bounded by `window`).
-    return [pa.concat_tables([pq.read_table(f) for _, _, f in spans]).sort_by(keys)]
-
-
-# ---- Ray ----------------------------------------------------------------------------------------
+# ---- connecting ---------------------------------------------------------------------------------
 
 
 def _import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError as exc:
-        raise RayEngineError(f"--engine ray needs Ray Data: pip install 'ray[data]' ({exc})") from None
+        raise RayEngineError(f"--engine ray needs Ray: pip install 'stancewatch[ray]' ({exc})") from None
     return ray
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None):
-    """Connect to `address` (ray://host:10001, auto, ...) or start a local Ray; True when we started it."""
+def _private_token_env() -> dict[str, str]:
+    """For a Ray started just for this run: a token that lives only in this process's environment.
+
+    `ray.init()` starting a new cluster turns token authentication on and, without a token, writes
+    one to ~/.ray/auth_token; every later `ray start` on this account then uses it, and a worker
+    node started before or without it fails with InvalidAuthToken. A token in RAY_AUTH_TOKEN keeps
+    the private cluster authenticated and writes nothing. Unchanged when the user chose a mode or
+    has a token."""
+    if any(os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return {}
+    if (Path.home() / ".ray" / "auth_token").exists():
+        return {}
+    return {"RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
+
+
+def _probe(address: str, timeout: float = 10.0) -> None:
+    """Fail fast when nothing listens at a host:port or ray://host:port address.
+
+    Ray's own connect to a GCS that is not there retries for minutes (measured: still waiting after
+    240 s, then killed), so a typo in --ray-address looked like a hang."""
+    import socket
+
+    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local" or a form Ray resolves itself
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=2).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise RayEngineError(f"cannot reach Ray at {address}: nothing answers on {host}:{port} ({exc}); "
+                                     "is `ray start --head` running there, and is this the port it printed?") from None
+            time.sleep(0.5)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> tuple[bool, dict[str, str | None]]:
+    """Connect to `address` (ray://host:10001, auto, host:port) or start a private local Ray.
+
+    Returns (whether we started or connected it, so must shut it down; environment variables we set,
+    with their old values, to restore afterwards)."""
     ray = _import_ray()
     if ray.is_initialized():
-        return False
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        return False, {}
+    if address:
+        _probe(address)
+    changed: dict[str, str | None] = {}
+    extra = {"RAY_USAGE_STATS_ENABLED": "0"} if "RAY_USAGE_STATS_ENABLED" not in os.environ else {}
+    if not address:
+        extra.update(_private_token_env())
+    for k, v in extra.items():
+        changed[k] = os.environ.get(k)
+        os.environ[k] = v
     try:
-        if address:
-            ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        if address and address.startswith("ray://"):
+            _init_client(ray, address)
+        elif address:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         else:
-            ray.init(address=None, num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                     logging_level="WARNING", log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise RayEngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}") from None
-    return True
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, logging_level="WARNING",
+                     log_to_driver=False)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, grpc errors, ...
+        _restore(changed)
+        hint = ""
+        if "ray[client]" in str(exc):
+            hint = " (the ray:// address needs Ray Client: pip install 'stancewatch[ray]')"
+        elif "auth" in str(exc).lower() or "token" in str(exc).lower():
+            hint = (" (the cluster uses token authentication: give this machine the cluster's token in "
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN, and set RAY_AUTH_MODE=token)")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RayEngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {first}{hint}") from None
+    return True, changed
+
+
+CLIENT_ATTEMPTS = 3
+
+
+def _init_client(ray, address: str) -> None:
+    """Connect through Ray Client, retrying a failed server start.
+
+    The head's client proxy forks one server per connection, and that child sometimes aborts in
+    gRPC's poller right after the fork ("Initialization failure from server"; ray-project/ray#63202,
+    open for Ray 2.60; here 1 of 2 connections on a loaded machine). A new connection gets a new
+    server, so the failure is retried; other errors are not."""
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address, logging_level="WARNING", log_to_driver=False)
+            return
+        except ConnectionAbortedError:
+            if attempt == CLIENT_ATTEMPTS:
+                raise
+            _stderr(f"Ray Client server at {address} failed to start (a known Ray bug); trying again "
+                    f"({attempt + 1} of {CLIENT_ATTEMPTS})")
+            try:
+                ray.shutdown()
+            except Exception:  # noqa: BLE001 - nothing to shut down
+                pass
+            time.sleep(1)
+
+
+def _restore(changed: dict[str, str | None]) -> None:
+    for k, v in changed.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+# ---- the actor pool -----------------------------------------------------------------------------
+
+
+def plan_actors(ray, num_actors: int | None, threads: int | None) -> list[dict]:
+    """Ray options for each actor: by default one per node, with all of that node's CPUs.
+
+    One replica per node keeps one model copy (~300 MB with the language models) per node; OpenVINO
+    runs one stream per thread inside it. `num_actors` spreads that many over the cluster instead,
+    each with `threads` CPUs (STANCEWATCH_THREADS, else the cluster's CPUs / actors)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= 1]
+    total = int(sum(n["Resources"]["CPU"] for n in nodes))
+    if not nodes:
+        raise RayEngineError("the Ray cluster has no node with a CPU to run the model on")
+    if num_actors:
+        per = threads or max(1, total // num_actors)
+        if num_actors * per > total:
+            setting = "STANCEWATCH_THREADS" if threads else "the cluster's CPUs / --ray-actors"
+            raise RayEngineError(f"--ray-actors {num_actors} with {per} threads each ({setting}) needs "
+                                 f"{num_actors * per} CPUs; the cluster has {total}")
+        return [{"num_cpus": per, "scheduling_strategy": "SPREAD", "threads": per} for _ in range(num_actors)]
+    plan = []
+    for node in nodes:
+        cpus = int(node["Resources"]["CPU"])
+        per = min(threads or cpus, cpus)
+        for _ in range(max(1, cpus // per)):
+            plan.append({"num_cpus": per, "threads": per,
+                         "scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)})
+    return plan
+
+
+@dataclasses.dataclass
+class _Round:
+    """One chunk on its way through the actors."""
+
+    chunk: Chunk
+    results: list  # per slice: (table, label ids) once back
+    missing: int
+
+
+class ActorPool:
+    """Long-lived scoring actors and the driver-side dispatch of chunk slices to them."""
+
+    def __init__(self, ray, model_folder: str | Path, tag: str, backend: str, plan: list[dict],
+                 batch_size: int, n_targets: int, warn: Callable[[str], None]):
+        self.ray, self.batch_size, self.n_targets, self.warn = ray, batch_size, n_targets, warn
+        files = ray.put(read_model_folder(model_folder, backend))  # once per job; every actor reads the same object
+        remote = ray.remote(Scorer)
+        self.actors: dict[int, object] = {}
+        for i, opts in enumerate(plan):
+            opts = dict(opts)
+            threads = opts.pop("threads")
+            self.actors[i] = remote.options(max_restarts=0, max_task_retries=0, **opts).remote(
+                files, tag, backend, threads)
+        self.started = len(self.actors)
+        self.load: dict[int, int] = {i: 0 for i in self.actors}
+        self.info: dict[int, dict] = {}
+        self._ready = {a.ready.remote(): i for i, a in self.actors.items()}
+
+    def wait_ready(self) -> None:
+        """Block until every actor has loaded its model; a failed start stops the run, naming why."""
+        for ref, i in self._ready.items():
+            try:
+                self.info[i] = self.ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - RayActorError, RuntimeEnvSetupError, ...
+                raise RayEngineError(f"scoring actor {i + 1} of {self.started} could not start: {_first_line(exc)}") from None
+        self._ready = {}
+
+    def close(self) -> None:
+        for a in self.actors.values():
+            try:
+                self.ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.actors = {}
+
+    def _lose(self, i: int, exc: BaseException) -> None:
+        if i not in self.actors:
+            return
+        del self.actors[i]
+        self.load.pop(i, None)
+        node = self.info.get(i, {}).get("node", "?")
+        left = len(self.actors)
+        if left:
+            self.warn(f"Ray scoring actor {i + 1} of {self.started} was lost (node {node[:12]}: {_first_line(exc)}); "
+                      f"its unfinished batches are retried on the {left} actor{'s' if left > 1 else ''} left")
+
+    def score_chunks(self, chunks: Iterator[Chunk], schema: pa.Schema) -> Iterator[tuple[Chunk, pa.Table, list]]:
+        """`pipeline.ChunkScorer`: each chunk's sentences scored by the actors, chunks back in order."""
+        ray = self.ray
+        self.wait_ready()
+        rounds: deque[_Round] = deque()
+        todo: deque[tuple[_Round, int, Chunk, int]] = deque()  # (round, slice no, slice, attempts so far)
+        flying: dict = {}  # ref -> (actor, round, slice no, slice, attempts)
+        source = iter(chunks)
+        exhausted = False
+        while True:
+            while not exhausted and len(rounds) < OPEN_CHUNKS and len(todo) < INFLIGHT * max(1, len(self.actors)):
+                chunk = next(source, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                n = len(chunk.text)
+                bounds = [(a, min(a + self.batch_size, n)) for a in range(0, n, self.batch_size)]
+                r = _Round(chunk, [None] * len(bounds), len(bounds))
+                rounds.append(r)
+                todo.extend((r, k, slice_chunk(chunk, a, b), 0) for k, (a, b) in enumerate(bounds))
+            while todo and self.actors:
+                i = min(self.load, key=self.load.get)
+                if self.load[i] >= INFLIGHT:
+                    break
+                r, k, part, attempts = todo.popleft()
+                flying[self.actors[i].score.remote(part, schema)] = (i, r, k, part, attempts)
+                self.load[i] += 1
+            while rounds and rounds[0].missing == 0:
+                yield _finish(rounds.popleft(), schema, self.n_targets)
+            if exhausted and not rounds:
+                return
+            if not flying:
+                if not self.actors:
+                    raise RayEngineError(f"all {self.started} Ray scoring actors were lost; no actor is left to "
+                                         "score on")
+                continue
+            done, _ = ray.wait(list(flying), num_returns=1)
+            for ref in done:
+                i, r, k, part, attempts = flying.pop(ref)
+                if i in self.load:
+                    self.load[i] -= 1
+                try:
+                    table, label_ids = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
+                    if isinstance(exc, ray.exceptions.RayActorError):
+                        self._lose(i, exc)
+                    if attempts + 1 >= MAX_ATTEMPTS:
+                        raise RayEngineError(f"a batch of {len(part.text)} sentences was lost {MAX_ATTEMPTS} times "
+                                             f"(last: {_first_line(exc)})") from None
+                    if not self.actors:
+                        raise RayEngineError(f"all {self.started} Ray scoring actors were lost (last: "
+                                             f"{_first_line(exc)})") from None
+                    todo.appendleft((r, k, part, attempts + 1))
+                    continue
+                except ray.exceptions.RayTaskError as exc:
+                    raise RayEngineError(f"a Ray scoring actor failed: {_first_line(exc.cause or exc)}") from None
+                if table.num_rows != len(part.text) or any(len(ids) != len(part.text) for ids in label_ids):
+                    raise RayEngineError(f"a Ray scoring actor returned {table.num_rows} rows for "
+                                         f"{len(part.text)} sentences; nothing of that chunk was written")
+                r.results[k] = (table, label_ids)
+                r.missing -= 1
+
+
+def _finish(r: _Round, schema: pa.Schema, n_targets: int) -> tuple[Chunk, pa.Table, list[np.ndarray]]:
+    """A chunk's slices put back together, checked against what the chunk holds."""
+    if r.results:
+        table = pa.concat_tables([t for t, _ in r.results]).cast(schema)
+        label_ids = [np.concatenate([ids[j] for _, ids in r.results]) for j in range(len(r.results[0][1]))]
+    else:  # a chunk of rejects only
+        table, label_ids = schema.empty_table(), [np.zeros(0, dtype=np.int64) for _ in range(n_targets)]
+    expected = sum(n for _, _, n in r.chunk.docs)
+    if table.num_rows != len(r.chunk.text) or table.num_rows != expected:
+        raise RayEngineError(f"a chunk came back with {table.num_rows} rows for {len(r.chunk.text)} sentences "
+                             f"({expected} by its documents); nothing of it was written")
+    return r.chunk, table, label_ids
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _stderr(message: str) -> None:
+    print(f"stancewatch: {message}", file=sys.stderr, flush=True)
+
+
+# ---- the job ------------------------------------------------------------------------------------
 
 
 def score_ray(
@@ -297,157 +462,69 @@ def score_ray(
     unit: str = "document",
     text_field: str = "text",
     id_field: str = "id",
+    resume: bool = False,
+    chunk_size: int | None = None,
     doc_summary: Path | None = None,
     max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
+    keep_fields: tuple[str, ...] = (),
+    date_fields: tuple[str, ...] = ("date",),
     tag: str | None = None,
     backend: str = "auto",
     ray_address: str | None = None,
     num_actors: int | None = None,
     threads: int | None = None,
-    window: int | None = None,
     batch_size: int = PREDICT_BATCH,
-    write: str = "auto",
     on_start: Callable[[int], None] | None = None,
     on_chunk: Callable[[ChunkDone], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> ScoreResult:
-    """Score `inputs` with the model exported in `model_folder` on Ray Data; same output as `pipeline.score`.
+    """Score `inputs` with the model exported in `model_folder` on Ray; the same job, files and `resume`
+    as `pipeline.score`, with the model call on Ray actors.
 
-    Uses the running Ray if there is one, else connects to `ray_address` or starts a local Ray (and
-    shuts down what it started). `num_actors` model replicas (default: the cluster's CPUs less one,
-    divided by `threads` per actor) score batches of `batch_size` sentences. `write`: "ray" writes the
-    parts with `write_parquet` (the parts folder must be reachable by the workers: local Ray or shared
-    storage), "driver" streams the scored blocks back to the driver, "auto" picks "ray" for a local Ray.
-    """
-    if write not in WRITE_MODES:
-        raise ValueError(f"write must be one of {', '.join(WRITE_MODES)}, got {write!r}")
-    inputs, out = check_job(inputs, out, unit, doc_summary)
-    window = int(window or DEFAULT_WINDOW)
-    if window < 1:
-        raise ValueError("window must be at least 1")
-    files = read_model_folder(model_folder)
+    Uses the running Ray if this process is connected, else connects to `ray_address` or starts a
+    private local Ray (and shuts down what it started or connected). `num_actors` and `threads`: see
+    `plan_actors`. `elapsed_s` includes the actors' start-up and model load."""
+    inputs, out = check_job(inputs, out, unit, doc_summary)  # bad arguments fail before Ray is touched
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if num_actors is not None and num_actors < 1:
+        raise ValueError("--ray-actors must be at least 1")
+    threads = threads or settings.get("THREADS")  # SettingError (a ValueError) names a bad value
     from stancewatch.model.schema import Schema
 
-    targets = Schema.load(Path(model_folder) / "schema.json").targets
-    schema, dschema = sentence_schema(targets), doc_schema(targets)
-    threads = int(threads or os.environ.get("STANCEWATCH_THREADS") or 1)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        parts = Path(tempfile.mkdtemp(prefix=f".{out.name}.ray-", dir=out.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write output next to {out}: {exc}") from None
-    rejects_path = out.with_name(out.name + ".rejects.jsonl")
-
+    model_schema = Schema.load(Path(model_folder) / "schema.json")
+    tag = tag or Path(model_folder).name
     ray = _import_ray()
-    started_ray = init_ray(ray_address)
-    if write == "auto":
-        write = "ray" if not ray_address or ray_address == "local" else "driver"
-    sinks: list[_Sink] = []
-    ok = False
+    owned, env = init_ray(ray_address)
+    pool = None
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True
-        ctx.enable_progress_bars = False
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        actors = int(num_actors or max(1, (cpus - 1) // threads))
-        model_ref = ray.put(files)
-        del files
-        if on_start:
-            on_start(0)
-        t0 = time.perf_counter()
-        sink = _Sink(out, schema)
-        sinks.append(sink)
-        dsink = _Sink(doc_summary, dschema) if doc_summary is not None else None
-        if dsink:
-            sinks.append(dsink)
-        rtmp = rejects_path.with_name(f".{rejects_path.name}.tmp")
-        totals = {"documents": 0, "sentences": 0, "rejected": 0}
-        opt = ReadOptions(text_field=text_field, id_field=id_field, max_member_bytes=max_member_bytes)
-        with open(rtmp, "w", encoding="utf-8") as rfh:
-            round_no = 0
-            for records, rejects, n_items in _rounds(iter_items(inputs, opt), window):
-                folder = parts / f"round-{round_no:06d}"
-                round_no += 1
-                split_rejects: list[tuple[int, dict]] = []
-                docs = _DocStats(targets) if dsink else None
-                sentences = 0
-                doc_items: set[int] = set()
-                if records:
-                    ds = ray.data.from_arrow([_records_table(records[i:i + BLOCK_ITEMS])
-                                              for i in range(0, len(records), BLOCK_ITEMS)])
-                    ds = ds.map_batches(split_batch, batch_format="pyarrow", batch_size=None,
-                                        fn_kwargs={"unit": unit})
-                    ds = ds.map_batches(Predictor, batch_format="pyarrow", batch_size=batch_size,
-                                        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=threads,
-                                        fn_constructor_kwargs={"model_files": [model_ref], "tag": tag or
-                                                               Path(model_folder).name, "backend": backend,
-                                                               "threads": threads})
-                    if write == "ray":
-                        ds.write_parquet(str(folder))
-                    else:
-                        folder.mkdir()
-                        for k, block in enumerate(ds.iter_batches(batch_size=None, batch_format="pyarrow")):
-                            pq.write_table(block, folder / f"part-{k:06d}.parquet")
-                    for table in _ordered_tables(folder) or []:
-                        bad = table.column(REJECT).is_valid()
-                        for row in table.filter(bad).select([ITEM, "source", RECORD_NO, REJECT]).to_pylist():
-                            split_rejects.append((row[ITEM], {"source": row["source"], "record_no": row[RECORD_NO],
-                                                              "reason": row[REJECT]}))
-                        good = table.filter(pc.invert(bad))
-                        sink.write(good)
-                        if docs:
-                            docs.add(good)
-                        sentences += good.num_rows
-                        doc_items.update(pc.unique(good.column(ITEM)).to_pylist())
-                    shutil.rmtree(folder, ignore_errors=True)
-                documents = len(doc_items)
-                if dsink:
-                    dsink.write(docs.table(dschema))
-                merged = sorted(rejects + split_rejects, key=lambda r: r[0])
-                rfh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for _, r in merged)
-                totals["documents"] += documents
-                totals["sentences"] += sentences
-                totals["rejected"] += len(merged)
-                if on_chunk:
-                    on_chunk(ChunkDone(n_items, documents, sentences, len(merged)))
-        for s in sinks:
-            s.close(commit=True)
-        os.replace(rtmp, rejects_path)
-        ok = True
+        started = time.perf_counter()
+        pool = ActorPool(ray, model_folder, tag, backend, plan_actors(ray, num_actors, threads), batch_size,
+                         len(model_schema.targets), on_warning or _stderr)
+        try:
+            result = run_job(inputs, out, tag, model_schema, pool.score_chunks, unit=unit, text_field=text_field,
+                             id_field=id_field, resume=resume, chunk_size=chunk_size, doc_summary=doc_summary,
+                             max_member_bytes=max_member_bytes, keep_fields=keep_fields, date_fields=date_fields,
+                             on_start=on_start, on_chunk=on_chunk)
+        except RayEngineError as exc:
+            raise RayEngineError(f"{exc}. {_committed(out)}") from None
+        return dataclasses.replace(result, elapsed_s=time.perf_counter() - started)
     finally:
-        if not ok:
-            for s in sinks:
-                try:
-                    s.close(commit=False)
-                except Exception:  # noqa: BLE001 - already failing
-                    pass
-        shutil.rmtree(parts, ignore_errors=True)
-        if started_ray:
+        if pool is not None:
+            pool.close()
+        if owned:
             ray.shutdown()
-    return ScoreResult(out=out, rejects=rejects_path, documents=totals["documents"], sentences=totals["sentences"],
-                       rejected=totals["rejected"], items_resumed=0, documents_this_run=totals["documents"],
-                       sentences_this_run=totals["sentences"], elapsed_s=time.perf_counter() - t0)
+        _restore(env)
 
 
-def _rounds(items, window: int):
-    """(records as dicts, [(item no, reject dict)], item count) per `window` input items."""
-    records: list[dict] = []
-    rejects: list[tuple[int, dict]] = []
-    count = 0
-    for n, item in enumerate(items):
-        if isinstance(item, Reject):
-            rejects.append((n, item.to_dict()))
-        else:
-            records.append({ITEM: n, "doc_id": item.doc_id, "source": item.source, "record_no": item.record_no,
-                            "text": item.text})
-        count += 1
-        if count == window:
-            yield records, rejects, count
-            records, rejects, count = [], [], 0
-    if count:
-        yield records, rejects, count
+def _committed(out: Path) -> str:
+    """What an interrupted run left for --resume."""
+    import json
 
-
-def _records_table(records: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(records, schema=pa.schema([(ITEM, pa.int64()), ("doc_id", pa.string()),
-                                                           ("source", pa.string()), ("record_no", pa.int64()),
-                                                           ("text", pa.string())]))
+    manifest = out.with_name(out.name + ".parts") / "manifest.json"
+    try:
+        m = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "Nothing was written; rerun the command."
+    return (f"{m['items_done']} input records ({m['sentences']} sentences) are committed in {manifest.parent}; "
+            "run the same command with --resume to finish (on any engine, same --chunk-size)")

@@ -312,7 +312,7 @@ def _read_parquet(fh, source: str, opt: ReadOptions) -> Iterator[Item]:
         for i, (text, raw_id) in enumerate(zip(texts, ids)):
             row_no += 1
             reason = _check_text(text, opt.text_field)
-            kept, reason = _kept(lambda f: kept_cols[f][i], opt) if not reason else ((), reason)
+            kept, reason = _kept({f: v[i] for f, v in kept_cols.items()}.get, opt) if not reason else ((), reason)
             if reason:
                 yield Reject(source, row_no, reason)
                 continue

@@ -62,7 +62,7 @@ def output_metadata(model_tag: str, schema: dict, unit: str, keep_fields=()) -> 
     import datetime as dt
 
     meta = {"model": model_tag, "schema": schema, "unit": unit, "keep_fields": list(keep_fields),
-            "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "scored_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     return {b"stancewatch": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
 
 
@@ -170,6 +170,13 @@ class PartStore:
             manifest[total_key] = self.manifest[total_key] + entry[key]
         _write_json_atomic(self.folder / MANIFEST, manifest)
         self.manifest = manifest
+
+    def discard_if_empty(self) -> None:
+        """Remove the folder when no chunk was ever committed to it (a run that failed at start-up,
+        e.g. Ray unreachable or a model that does not load): it holds nothing to resume, and left in
+        place it would make the next run demand --resume."""
+        if not self.manifest["parts"]:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def finish(self, schema: pa.Schema, doc_summary: Path | None = None, docs_schema: pa.Schema | None = None,
                metadata: dict[bytes, bytes] | None = None) -> None:
