@@ -2,11 +2,15 @@
 
 Every training run becomes a new version of the BentoML model `stancewatch` (the store lives
 under $BENTOML_HOME). Which version is *production* is recorded in one small JSON file next to
-the store, replaced atomically, so a crash never leaves a half-written pointer.
+the store, replaced atomically, so a crash never leaves a half-written pointer. Promotion and
+rollback read, change and write it holding an exclusive `fcntl.flock` on a lock file beside it, so
+two trainings finishing together cannot lose each other's history entry.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -87,28 +91,62 @@ def _write_pointer(data: dict[str, Any]) -> None:
     os.replace(tmp, path)  # atomic: readers see the old or the new pointer, never a mix
 
 
+@contextlib.contextmanager
+def _pointer_lock():
+    """Hold an exclusive lock for a read-change-write of the pointer (across processes and threads:
+    each call opens the lock file anew, and flock locks of separate opens exclude each other).
+
+    The lock file is never replaced (the pointer is, by os.replace), so everyone locks the same inode.
+    Readers (`production_tag`) take no lock: the atomic replace already gives them a whole pointer.
+    """
+    path = _pointer_path().with_name(_pointer_path().name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def promote(tag: str) -> str:
     """Make `tag` production (recording the previous one for rollback); return the full tag."""
     full = str(get(tag).tag)
-    data = _read_pointer()
-    if data.get("tag") and data["tag"] != full:
-        data.setdefault("history", []).append(data["tag"])
-    data["tag"] = full
-    data["promoted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_pointer(data)
+    with _pointer_lock():
+        data = _read_pointer()
+        if data.get("tag") and data["tag"] != full:
+            data.setdefault("history", []).append(data["tag"])
+        data["tag"] = full
+        data["promoted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        _write_pointer(data)
     return full
 
 
 def rollback() -> str:
-    """Return production to the version it had before the last promotion."""
-    data = _read_pointer()
-    history = data.get("history", [])
-    if not history:
-        raise ModelNotFound("no earlier production version to roll back to")
-    data["tag"] = history.pop()
-    data["promoted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    _write_pointer(data)
-    return data["tag"]
+    """Return production to the version it had before the last promotion.
+
+    That version must still be in the store: if it was deleted, nothing changes and the error says
+    which version is missing and how to choose another.
+    """
+    with _pointer_lock():
+        data = _read_pointer()
+        history = data.get("history", [])
+        if not history:
+            raise ModelNotFound("no earlier production version to roll back to")
+        previous = history[-1]
+        try:
+            bentoml.models.get(previous)
+        except bentoml.exceptions.NotFound:
+            known = ", ".join(str(m.tag) for m in list_versions()[:5]) or "none"
+            raise ModelNotFound(
+                f"cannot roll back: the previous production version {previous!r} is no longer in the store at "
+                f"{bentoml_home()} (deleted?); production stays {data.get('tag')!r}. Promote a version that exists "
+                f"with `stancewatch models promote TAG` (newest: {known})") from None
+        history.pop()
+        data["tag"] = previous
+        data["promoted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        _write_pointer(data)
+    return previous
 
 
 def get(tag: str) -> bentoml.Model:

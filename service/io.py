@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Optional
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
+from starlette.responses import Response
 
 from stancewatch import settings
 
@@ -22,6 +24,33 @@ def invalid(title: str, loc: tuple, kind: str, msg: str, value: Any = None) -> V
     """A pydantic ValidationError, which BentoML answers with 400 and the field's location."""
     return ValidationError.from_exception_data(
         title, [InitErrorDetails(type=PydanticCustomError(kind, msg), loc=loc, input=value)])
+
+
+class JSONResult(Response):
+    """A JSON response made from plain dicts; `model_dump()` gives the dict back to in-process callers.
+
+    The endpoints return this instead of PredictResponse/DocumentResponse (which still describe the
+    body in the OpenAPI schema): BentoML passes a Response through untouched, where a model would be
+    validated again and serialised twice per request.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, data: dict[str, Any], status_code: int = 200):
+        self.data = data
+        super().__init__(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+                         status_code=status_code)
+
+    def model_dump(self, **_: Any) -> dict[str, Any]:
+        return self.data
+
+
+def too_large(loc: list, kind: str, got: int, limit: int, setting: str, msg: str) -> JSONResult:
+    """A 413 refusing a request before any inference, naming the limit and the variable that sets it;
+    shaped like the other errors ({"error", "detail": [{"loc", "msg", "type"}]}) plus the figures."""
+    return JSONResult({"error": "payload too large", "detail": [
+        {"loc": loc, "msg": f"{msg} ({setting}={limit})", "type": kind, "got": got, "limit": limit,
+         "setting": setting}]}, status_code=413)
 
 
 def _non_blank(text: str) -> str:

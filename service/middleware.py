@@ -1,13 +1,22 @@
-"""ASGI middleware for the service: a request-body size limit (413) and optional API-key auth (401).
+"""ASGI middleware for the service: a request-body size limit (413), optional API-key auth (401),
+and cancellation of a request whose client has disconnected.
 
-Both answer before the request reaches BentoML, with a JSON body shaped like BentoML's validation
-errors: {"error": "...", "detail": [{"loc": [...], "msg": "...", "type": "..."}]}.
+The first two answer before the request reaches BentoML, with a JSON body shaped like BentoML's
+validation errors: {"error": "...", "detail": [{"loc": [...], "msg": "...", "type": "..."}]}.
+
+Neither uvicorn nor BentoML cancels a handler when its client goes away: a 25,000-sentence document
+kept a core busy for minutes after the client left. So while a POST is being handled, a watcher
+waits on the connection (uvicorn's `receive()` returns `http.disconnect` only when the client
+disconnects or the response is complete) and cancels the handler's task on a disconnect; the
+micro-batcher then drops the request's remaining items (at most the running batch is spent).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import logging
 from typing import Any, Awaitable, Callable, Iterable
 
 Scope = dict[str, Any]
@@ -16,8 +25,12 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 # Health, metrics and docs stay reachable without a key.
-OPEN_PATHS = frozenset({"/", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json"})
+# /ui is a static page: the key is typed into it and sent with each call it makes.
+OPEN_PATHS = frozenset({"/", "/ui", "/livez", "/readyz", "/healthz", "/metrics", "/docs.json", "/schema.json"})
 OPEN_PREFIXES = ("/static_content/", "/assets/")
+# Requests whose handler is cancelled when the client disconnects (the ones that run inference).
+WATCHED_METHODS = frozenset({"POST", "PUT", "PATCH"})
+logger = logging.getLogger("stancewatch.service")
 
 
 async def send_error(send: Send, status: int, error: str, loc: list[str], msg: str, kind: str,
@@ -63,6 +76,8 @@ class GuardMiddleware:
                                         "Content-Length is not a number", "invalid_header")
             if declared > limit:  # refused before a byte of the body is read
                 return await send_error(send, 413, "payload too large", ["body"], too_large, "body_too_large")
+            if scope.get("method") in WATCHED_METHODS:
+                return await self._run_watched(scope, receive, receive, send)
             return await self.app(scope, receive, send)
         if scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
@@ -88,4 +103,71 @@ class GuardMiddleware:
                 return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        await self._run_watched(scope, replay, receive, send)
+
+    async def _run_watched(self, scope: Scope, app_receive: Receive, receive: Receive, send: Send) -> None:
+        """Run the app in this task; cancel it if the client disconnects before the response is complete.
+
+        `app_receive` gives the app its body (the connection's `receive`, or a replay of a body read
+        here); `receive` is the connection's own, which the watcher reads once the body is in.
+        """
+        task = asyncio.current_task()
+        body_in, gone = asyncio.Event(), asyncio.Event()
+        state = {"started": False, "complete": False, "ours": False}
+
+        async def receive_for_app() -> Message:
+            if body_in.is_set():  # as uvicorn does: nothing more until the client goes away
+                await gone.wait()
+                return {"type": "http.disconnect"}
+            message = await app_receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                body_in.set()
+            elif not message.get("more_body", False):
+                body_in.set()
+            return message
+
+        async def send_for_app(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                state["complete"] = True
+            await send(message)
+
+        async def watch() -> None:
+            await body_in.wait()
+            if not gone.is_set():
+                message = await receive()
+                if message["type"] != "http.disconnect":
+                    return
+                gone.set()
+            if not state["complete"]:
+                state["ours"] = True
+                task.cancel("client disconnected")
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await self.app(scope, receive_for_app, send_for_app)
+        except asyncio.CancelledError:
+            if not (state["ours"] and task.cancelling() == 1):
+                # Cancelled by the server: shutdown ran past its grace period
+                # ($STANCEWATCH_SHUTDOWN_GRACE_S). Tell the client if the connection still can.
+                if not state["started"]:
+                    try:
+                        await send_error(send, 503, "service unavailable", [], "the server is shutting down and "
+                                         "this request ran past the grace period (STANCEWATCH_SHUTDOWN_GRACE_S); "
+                                         "send it again", "shutting_down", [(b"connection", b"close")])
+                    except Exception:  # noqa: BLE001 - the connection may be gone already
+                        pass
+                raise
+            task.uncancel()
+            logger.info("client disconnected from %s %s; its remaining work was dropped",
+                        scope.get("method"), scope.get("path"))
+            # Nobody reads this (uvicorn drops writes to a closed connection), but an answer lets
+            # BentoML's timeout middleware, which waits for the first `send`, finish now and not at
+            # the traffic timeout; 499 is nginx's "client closed request", so the access log says so.
+            if not state["started"]:
+                await send_error(send, 499, "client closed request", [], "the client disconnected",
+                                 "client_disconnected")
+        finally:
+            watcher.cancel()

@@ -79,7 +79,7 @@ def test_concurrent_requests_share_batches_and_keep_their_own_results(svc):
 
     before = svc.batcher.batches
     results = asyncio.run(many())
-    assert [r.sentences[0].model_dump() for r in results] == expected
+    assert [r.model_dump()["sentences"][0] for r in results] == expected
     assert svc.batcher.batches - before < len(sentences)  # merged, not one batch per request
 
 
@@ -87,8 +87,8 @@ def test_request_larger_than_a_batch_is_split_not_rejected(svc):
     n = svc.batcher.max_items * 2 + 3
     sentences = [f"Item {i}." for i in range(n)]
     before = svc.batcher.batches
-    out = asyncio.run(svc.predict(sentences=sentences))
-    assert [s.text for s in out.sentences] == sentences
+    out = asyncio.run(svc.predict(sentences=sentences)).model_dump()
+    assert [s["text"] for s in out["sentences"]] == sentences
     assert svc.batcher.batches - before >= 3
 
 
@@ -402,8 +402,8 @@ def test_production_change_is_served_without_dropping_requests(svc, tiny_base, t
 
         swapped, result = asyncio.run(scenario())
         assert swapped and svc.tag == new.tag
-        assert len(result.sentences) == 300  # the request that was running when production changed
-        assert asyncio.run(svc.predict(sentences=["One more."])).model == new.tag
+        assert len(result.model_dump()["sentences"]) == 300  # the request that was running when production changed
+        assert asyncio.run(svc.predict(sentences=["One more."])).model_dump()["model"] == new.tag
         assert svc.model_info()["tag"] == new.tag
     finally:
         watcher.stop()
@@ -438,3 +438,441 @@ def test_batcher_waits_briefly_to_fill_batches_only_under_load():
     finally:
         batcher.close()
     assert seen[-1] == [0, 1, 2, 3]  # requests 20-60 ms apart joined one batch
+
+
+# ---- one version per request, work bounds, cancellation (issue 13) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def other_version(tiny_model, tmp_path_factory):
+    """A second tiny version with other targets (and other labels and temperatures, so its outputs
+    differ): the tiny model's artefact with its schema renamed. Deleted from the store afterwards, so
+    no later test resolves `latest` to it."""
+    import dataclasses
+    import shutil
+    from pathlib import Path
+
+    import bentoml
+
+    from stancewatch.model import store
+    from stancewatch.model.schema import Schema
+
+    folder = tmp_path_factory.mktemp("other-targets") / "artefact"
+    shutil.copytree(store.get(tiny_model.tag).path, folder)
+    schema = Schema.load(folder / "schema.json")
+    targets = tuple(dataclasses.replace(t, name=f"other_{i}", labels=tuple(f"{lab}_x" for lab in t.labels),
+                                        label_descriptions={})
+                    for i, t in enumerate(schema.targets))
+    dataclasses.replace(schema, targets=targets, name="other").save(folder / "schema.json")
+    cfg = json.loads((folder / "stancewatch.json").read_text(encoding="utf-8"))
+    cfg["temperatures"] = {t.name: 0.25 for t in targets}
+    (folder / "stancewatch.json").write_text(json.dumps(cfg), encoding="utf-8")
+    metadata = {k: v for k, v in tiny_model.metadata.items() if k not in ("created_at",)}
+    tag = store.save_version(Path(folder), metadata)
+    yield tag
+    bentoml.models.delete(tag)
+
+
+def _load_version(tag):
+    from pathlib import Path
+
+    from stancewatch.model import store
+    from stancewatch.model.predictor import StanceModel
+
+    return StanceModel(Path(store.get(tag).path), threads=1, tag=tag)
+
+
+def _swap_after_first_batch(svc, old, new):
+    """Make `old` swap the service to `new` right after the first batch it scores (so mid-request)."""
+    original, calls = old.predict, []
+
+    def predict_then_swap(sentences, contexts=None):
+        out = original(sentences, contexts)
+        calls.append(len(sentences))
+        if len(calls) == 1:
+            svc.swap_model(new)
+        return out
+
+    old.predict = predict_then_swap
+    return calls
+
+
+def test_a_reload_mid_request_never_mixes_versions(svc, other_version):
+    from stancewatch.model.splitter import split_sentences, with_context
+
+    old, new = svc.model, _load_version(other_version)
+    assert set(new.schema.target_names).isdisjoint(old.schema.target_names)
+    sentences = [f"Sentence {i} about Tokyo and Taiwan." for i in range(300)]
+    text = " ".join(sentences)
+    parts = split_sentences(text)
+    assert len(parts) == 300
+    old_preds = [p.to_dict() for p in old.predict(sentences)]
+    old_doc = [p.to_dict() for p in old.predict([p.text for p in parts], with_context(parts))]
+    try:
+        for run in ("predict", "predict_document"):
+            svc.swap_model(old)
+            calls = _swap_after_first_batch(svc, old, new)
+            if run == "predict":
+                out = asyncio.run(svc.predict(sentences=sentences)).model_dump()
+                got, want = out["sentences"], old_preds
+            else:
+                out = asyncio.run(svc.predict_document(text=text)).model_dump()
+                got = [{k: s[k] for k in ("text", "truncated", "language", "supported", "stances")}
+                       for s in out["sentences"]]
+                want = old_doc
+                assert list(out["summary"]) == old.schema.target_names
+            del old.predict
+            assert svc.model is new  # the swap came while the request was being scored
+            assert out["model"] == old.tag, run
+            assert all(list(s["stances"]) == old.schema.target_names for s in out["sentences"]), run
+            assert got == want, run  # the old version's own predictions, every batch of them
+            assert len(calls) >= 2  # and they were several batches, all run on the old version
+        # A request after the swap is the new version's throughout: tag, targets and outputs.
+        after = asyncio.run(svc.predict(sentences=sentences[:5])).model_dump()
+        assert after["model"] == new.tag
+        assert after["sentences"] == [p.to_dict() for p in new.predict(sentences[:5])]
+        assert svc.model_info()["tag"] == new.tag
+        assert [t["name"] for t in svc.model_info()["schema"]["targets"]] == new.schema.target_names
+    finally:
+        if "predict" in vars(old):
+            del old.predict
+        svc.swap_model(old)
+
+
+@pytest.fixture
+def limits(svc):
+    """Set the service's limits for one test (restored afterwards)."""
+    import dataclasses
+
+    saved = svc.settings
+
+    def set_limits(**values):
+        svc.settings = dataclasses.replace(saved, **values)
+
+    yield set_limits
+    svc.settings = saved
+
+
+def _counting(svc):
+    before = svc.batcher.batches
+    return lambda: svc.batcher.batches - before
+
+
+def test_a_document_over_the_sentence_limit_is_413_before_any_inference(svc, limits):
+    limits(max_doc_sentences=20)
+    ran = _counting(svc)
+    out = asyncio.run(svc.predict_document(text="Tokyo stands firm. " * 21))
+    body = out.model_dump()
+    assert ran() == 0 and getattr(out, "status_code", 200) == 413
+    detail = body["detail"][0]
+    assert detail["loc"] == ["text"] and detail["type"] == "too_many_sentences"
+    assert (detail["got"], detail["limit"], detail["setting"]) == (21, 20, "STANCEWATCH_MAX_DOC_SENTENCES")
+    assert "20" in detail["msg"] and "STANCEWATCH_MAX_DOC_SENTENCES" in detail["msg"]
+    assert asyncio.run(svc.predict_document(text="Tokyo stands firm. " * 20)).status_code == 200
+
+
+def test_a_request_over_the_token_limit_is_413_before_any_inference(svc, limits):
+    long = " ".join(["Taiwan"] * 200)  # truncated to the model's max_length
+    limit = 3 * svc.model.max_length - 1
+    limits(max_tokens=limit)
+    ran = _counting(svc)
+    out = asyncio.run(svc.predict(sentences=[long] * 3))
+    assert ran() == 0 and getattr(out, "status_code", 200) == 413
+    detail = out.model_dump()["detail"][0]
+    assert detail["type"] == "too_many_tokens" and detail["setting"] == "STANCEWATCH_MAX_TOKENS"
+    assert detail["got"] == 3 * svc.model.max_length and detail["limit"] == limit
+    assert "STANCEWATCH_MAX_TOKENS" in detail["msg"] and f"{limit:,}" in detail["msg"]
+    doc = asyncio.run(svc.predict_document(text=". ".join([long] * 3) + "."))
+    assert doc.status_code == 413 and doc.model_dump()["detail"][0]["loc"] == ["text"]
+    assert asyncio.run(svc.predict(sentences=[long] * 2)).status_code == 200  # under the limit
+
+
+def _gated_batcher(max_items=2, **kw):
+    from stancewatch.service.batching import MicroBatcher
+
+    gate, running, calls = threading.Event(), threading.Event(), []
+
+    def fn(items, *key):
+        calls.append((list(items), *key))
+        running.set()
+        gate.wait(10)
+        return list(items)
+
+    return MicroBatcher(fn, max_items=max_items, **kw), gate, running, calls
+
+
+def test_batcher_drops_the_rest_of_a_cancelled_job_within_one_batch():
+    batcher, gate, running, calls = _gated_batcher(max_items=2)
+
+    async def run():
+        job = asyncio.ensure_future(batcher.submit(list(range(10))))
+        await asyncio.to_thread(running.wait, 10)  # its first batch is running
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+        gate.set()
+        return await batcher.submit(["after"])
+
+    try:
+        assert asyncio.run(run()) == ["after"]
+    finally:
+        gate.set()
+        batcher.close()
+    assert [c[0] for c in calls] == [[0, 1], ["after"]]  # nothing after the batch that was running
+    assert batcher.dropped_items == 8
+
+
+def test_batcher_never_puts_two_keys_in_one_batch():
+    from stancewatch.service.batching import MicroBatcher
+
+    calls = []
+
+    def fn(items, key):
+        calls.append((key, list(items)))
+        time.sleep(0.005)
+        return [(key, item) for item in items]
+
+    batcher = MicroBatcher(fn, max_items=8, keyed=True)
+
+    async def run():
+        jobs = [batcher.submit([(k, i, j) for j in range(5)], key=k) for i in range(6) for k in ("old", "new")]
+        return await asyncio.gather(*jobs)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        batcher.close()
+    for key, items in calls:
+        assert {item[0] for item in items} == {key}
+    for res in results:
+        assert all(key == item[0] for key, item in res)
+    assert {key for key, _ in calls} == {"old", "new"}
+
+
+def test_a_client_disconnect_cancels_the_request_and_its_remaining_batches():
+    """Through the real middleware: the client goes away while the first of five batches runs."""
+    from stancewatch.service.middleware import GuardMiddleware
+
+    batcher, gate, running, calls = _gated_batcher(max_items=2)
+    finished = []
+
+    async def app(scope, receive, send):
+        assert (await receive())["type"] == "http.request"
+        results = await batcher.submit(list(range(10)))
+        finished.append(results)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def scenario():
+        disconnect, sent = asyncio.Event(), []
+        messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+        async def receive():  # like uvicorn's: after the body, returns only when the client goes away
+            if messages:
+                return messages.pop(0)
+            await disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", b"2")]}
+        request = asyncio.ensure_future(GuardMiddleware(app, max_body_bytes=100)(scope, receive, send))
+        await asyncio.to_thread(running.wait, 10)
+        disconnect.set()
+        await asyncio.wait_for(request, 10)  # returns without waiting for the batch in flight
+        gate.set()
+        return sent
+
+    try:
+        sent = asyncio.run(scenario())
+    finally:
+        gate.set()
+        batcher.close()
+    assert not finished  # the handler was cancelled, not run to the end
+    assert [c[0] for c in calls] == [[0, 1]] and batcher.dropped_items == 8
+    assert sent[0]["status"] == 499
+
+
+def test_a_request_that_finishes_is_not_cancelled_by_the_watcher():
+    from starlette.testclient import TestClient
+
+    from stancewatch.service.middleware import GuardMiddleware
+
+    async def app(scope, receive, send):
+        body = (await receive())["body"]
+        await asyncio.sleep(0.01)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": body})
+
+    client = TestClient(GuardMiddleware(app, max_body_bytes=100))
+    for _ in range(3):
+        r = client.post("/predict", content=b"hello")
+        assert r.status_code == 200 and r.content == b"hello"
+    r = client.post("/predict", content=iter([b"he", b"llo"]))  # chunked: the replayed body
+    assert r.status_code == 200 and r.content == b"hello"
+
+
+# ---- production pointer: back-off, lock, rollback ---------------------------------------------
+
+
+class _FakeService:
+    """What ProductionWatcher needs of the service."""
+
+    def __init__(self, tag):
+        from types import SimpleNamespace
+
+        self.tag, self.backend_choice, self.model = tag, "auto", SimpleNamespace(threads=1)
+        self.swapped = []
+
+    def swap_model(self, model):
+        self.swapped.append(model.tag)
+        self.tag = model.tag
+
+
+@pytest.fixture
+def restore_production():
+    from stancewatch.model import store
+
+    path = store._pointer_path()
+    saved = path.read_text(encoding="utf-8") if path.exists() else None
+    yield
+    if saved is None:
+        path.unlink(missing_ok=True)
+    else:
+        store._write_pointer(json.loads(saved))
+
+
+@pytest.fixture
+def dummy_versions(tmp_path):
+    """Make store versions whose artefact is not a loadable model; deleted afterwards."""
+    import bentoml
+
+    from stancewatch.model import store
+
+    made = []
+
+    def make(n=1, broken=True):
+        for i in range(n):
+            folder = tmp_path / f"v{len(made)}"
+            folder.mkdir()
+            (folder / "stancewatch.json").write_text("{not json" if broken else "{}", encoding="utf-8")
+            made.append(store.save_version(folder, {"base_model": "none", "note": f"dummy {i}"}))
+        return made[-n:]
+
+    yield make
+    for tag in made:
+        try:
+            bentoml.models.delete(tag)
+        except bentoml.exceptions.NotFound:  # a test deleted it itself
+            pass
+
+
+def test_watcher_backs_off_from_a_version_that_fails_to_load(tiny_model, restore_production, dummy_versions):
+    from stancewatch.model import store
+    from stancewatch.service.reload import BACKOFF_CAP_S, ProductionWatcher
+
+    now = [1000.0]
+    service = _FakeService(tiny_model.tag)
+    watcher = ProductionWatcher(service, interval=10, clock=lambda: now[0], start=False)
+    loads = []
+    real_load = watcher._load
+    watcher._load = lambda tag: (loads.append(tag), real_load(tag))[1]
+
+    (broken,) = dummy_versions(1)
+    store.promote(broken)
+    assert watcher.check_once() is False and loads == [broken]  # tried at once, failed
+    for _ in range(5):
+        assert watcher.check_once() is False
+    assert loads == [broken]  # not reloaded at every check
+    now[0] += 19
+    watcher.check_once()
+    assert len(loads) == 1
+    now[0] += 2  # 21 s after the failure: the first back-off (20 s) is over
+    watcher.check_once()
+    assert len(loads) == 2
+    now[0] += 39
+    watcher.check_once()
+    assert len(loads) == 2  # the back-off doubled to 40 s
+    now[0] += 2
+    watcher.check_once()
+    assert len(loads) == 3
+    for _ in range(10):  # many failures later the wait is capped
+        now[0] += 10 * BACKOFF_CAP_S
+        watcher.check_once()
+    assert watcher.failed[2] - now[0] == BACKOFF_CAP_S
+    # A different, good version promoted now is loaded at the next check, whatever the back-off.
+    n = len(loads)
+    store.promote(tiny_model.tag)
+    service.tag = "stancewatch:something-else"
+    assert watcher.check_once() is True and loads[n:] == [tiny_model.tag]
+    assert service.swapped == [tiny_model.tag] and watcher.failed is None
+
+
+def test_concurrent_promotions_lose_no_history_entry(restore_production, dummy_versions, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stancewatch.model import store
+
+    start, *tags = dummy_versions(7)
+    store._write_pointer({"tag": start, "history": []})
+    real_read = store._read_pointer
+
+    def slow_read():  # widen the read-change-write window, as a slow disk would
+        data = real_read()
+        time.sleep(0.05)
+        return data
+
+    monkeypatch.setattr(store, "_read_pointer", slow_read)
+    barrier = threading.Barrier(len(tags))
+
+    def promote(tag):
+        barrier.wait()
+        return store.promote(tag)
+
+    with ThreadPoolExecutor(len(tags)) as pool:
+        list(pool.map(promote, tags))
+    data = real_read()
+    # Every promotion changed production, so every earlier production tag is in the history, once.
+    assert sorted([*data["history"], data["tag"]]) == sorted([start, *tags])
+    assert len(data["history"]) == len(tags)
+
+
+def test_concurrent_promotions_from_two_processes(restore_production, dummy_versions):
+    import subprocess
+    import sys
+
+    from stancewatch.model import store
+
+    start, *tags = dummy_versions(9)
+    store._write_pointer({"tag": start, "history": []})
+    code = ("import sys, time; from stancewatch.model import store; "
+            "real = store._read_pointer\n"
+            "def slow():\n    d = real(); time.sleep(0.05); return d\n"
+            "store._read_pointer = slow\n"
+            "for tag in sys.argv[1:]: store.promote(tag)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, *tags[i::2]], env=dict(os.environ)) for i in range(2)]
+    assert [p.wait(120) for p in procs] == [0, 0]
+    data = store._read_pointer()
+    assert sorted([*data["history"], data["tag"]]) == sorted([start, *tags])
+
+
+def test_rollback_to_a_deleted_version_fails_clearly_and_changes_nothing(restore_production, dummy_versions):
+    import bentoml
+    from typer.testing import CliRunner
+
+    from stancewatch.cli import app
+    from stancewatch.model import store
+
+    first, second = dummy_versions(2)
+    store.promote(first)
+    store.promote(second)
+    bentoml.models.delete(first)
+    before = store._read_pointer()
+    with pytest.raises(store.ModelNotFound) as err:
+        store.rollback()
+    assert first in str(err.value) and "no longer in the store" in str(err.value)
+    assert "stancewatch models promote" in str(err.value)
+    assert store._read_pointer() == before  # production and history untouched
+    result = CliRunner().invoke(app, ["models", "rollback"])
+    assert result.exit_code == 1 and "no longer in the store" in result.output

@@ -22,6 +22,8 @@ API_KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 MAX_SENTENCES = 40  # set small on the test server to exercise the configurable limit
 MAX_BODY = 200_000
+MAX_DOC_SENTENCES = 60
+MAX_TOKENS = 2_000  # the tiny model truncates at 64 tokens: 40 long sentences are 2,560
 
 
 def _free_port() -> int:
@@ -72,7 +74,8 @@ def _env(tiny_model, **extra) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server(tiny_model):
     env = _env(tiny_model, STANCEWATCH_API_KEY=API_KEY, STANCEWATCH_MAX_SENTENCES=str(MAX_SENTENCES),
-               STANCEWATCH_MAX_BODY_BYTES=str(MAX_BODY), STANCEWATCH_BATCH_ITEMS="8")
+               STANCEWATCH_MAX_BODY_BYTES=str(MAX_BODY), STANCEWATCH_BATCH_ITEMS="8",
+               STANCEWATCH_MAX_DOC_SENTENCES=str(MAX_DOC_SENTENCES), STANCEWATCH_MAX_TOKENS=str(MAX_TOKENS))
     proc, url = _start([sys.executable, "-m", "stancewatch.cli", "serve"], env)  # `stancewatch serve`
     yield url
     _stop(proc)
@@ -198,6 +201,29 @@ def test_oversized_document_is_413_with_and_without_content_length(server):
     assert _post(server, "/predict_document", iter([ok[:100], ok[100:]])).status_code == 200
 
 
+def _assert_limit(r: requests.Response, loc: list, kind: str, limit: int, setting: str) -> None:
+    _assert_error(r, 413, loc, kind)
+    detail = r.json()["detail"][0]
+    assert detail["setting"] == setting and detail["limit"] == limit and detail["got"] > limit
+    assert setting in detail["msg"] and f"{limit:,}" in detail["msg"]  # the message names both
+
+
+def test_a_document_over_the_sentence_limit_is_413_naming_the_limit(server):
+    r = _post(server, "/predict_document", {"text": "Tokyo stands firm. " * (MAX_DOC_SENTENCES + 1)})
+    _assert_limit(r, ["text"], "too_many_sentences", MAX_DOC_SENTENCES, "STANCEWATCH_MAX_DOC_SENTENCES")
+    assert r.json()["detail"][0]["got"] == MAX_DOC_SENTENCES + 1
+    assert _post(server, "/predict_document", {"text": "Tokyo stands firm. " * MAX_DOC_SENTENCES}).status_code == 200
+
+
+def test_requests_over_the_token_limit_are_413_naming_the_limit(server):
+    long = " ".join(["Taiwan"] * 100)  # 100 tokens, truncated to the tiny model's 64
+    r = _post(server, "/predict", {"sentences": [long] * MAX_SENTENCES})
+    _assert_limit(r, ["sentences"], "too_many_tokens", MAX_TOKENS, "STANCEWATCH_MAX_TOKENS")
+    r = _post(server, "/predict_document", {"text": " ".join([long + "."] * MAX_SENTENCES)})
+    _assert_limit(r, ["text"], "too_many_tokens", MAX_TOKENS, "STANCEWATCH_MAX_TOKENS")
+    assert _post(server, "/predict", {"sentences": [long] * 20}).status_code == 200  # 1,280 tokens
+
+
 def test_declared_oversize_is_refused_before_the_body_is_sent(server):
     """Only headers go out; the 413 must come back without the server waiting for the body."""
     port = int(server.rsplit(":", 1)[1])
@@ -320,5 +346,123 @@ def test_sigterm_to_the_cli_stops_the_server_and_its_workers(tiny_model):
             requests.get(f"{url}/readyz", timeout=2)
     finally:
         for p in workers | {proc.pid}:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+LONG_DOCUMENT = "Tokyo stands firm on Taiwan. " * 30_000  # 30,000 sentences, 870 KB (under the 1 MB body limit)
+
+
+def _long_server(tiny_model, **extra):
+    """A server where one document keeps the batcher busy for minutes: no sentence or token limit
+    that matters, one sentence per batch."""
+    env = _env(tiny_model, STANCEWATCH_MAX_DOC_SENTENCES="100000", STANCEWATCH_MAX_TOKENS="100000000",
+               STANCEWATCH_BATCH_ITEMS="1", **extra)
+    return _start([sys.executable, "-m", "stancewatch.cli", "serve"], env)
+
+
+def _send_and_leave(url: str, body: bytes) -> socket.socket:
+    """Send a POST on a raw connection and return it without reading the answer."""
+    port = int(url.rsplit(":", 1)[1])
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /predict_document HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    return s
+
+
+def _in_progress(url: str, endpoint: str = "/predict_document") -> float:
+    """BentoML's gauge of requests in progress on `endpoint` (from /metrics)."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("bentoml_service_request_in_progress{") and f'endpoint="{endpoint}"' in line)
+
+
+def test_sigterm_with_a_long_request_in_flight_stops_within_10_s(tiny_model):
+    """The grace period ($STANCEWATCH_SHUTDOWN_GRACE_S) bounds shutdown even while a request runs."""
+    proc, url = _long_server(tiny_model, STANCEWATCH_SHUTDOWN_GRACE_S="2")
+    workers = _descendants(proc.pid)
+    conn = _send_and_leave(url, json.dumps({"text": LONG_DOCUMENT}).encode())
+    try:
+        deadline = time.time() + 60  # wait until the document is being scored (its first batches ran)
+        while time.time() < deadline and _in_progress(url) < 1:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(proc.pid, signal.SIGTERM)
+        t0 = time.time()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pytest.fail("`stancewatch serve` still running 10 s after SIGTERM with a request in flight")
+        while time.time() - t0 < 10 and any(_alive(p) for p in workers):
+            time.sleep(0.2)
+        assert not [p for p in workers if _alive(p)], "worker processes outlived SIGTERM by 10 s"
+        conn.settimeout(5)
+        try:
+            reply = conn.recv(4096).decode("latin-1")
+        except OSError:
+            reply = ""
+        assert not reply.startswith("HTTP/1.1 200"), reply[:200]  # cut off, not finished (503 or closed)
+    finally:
+        conn.close()
+        for p in workers | {proc.pid}:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+        proc.wait(10)
+
+
+def test_sigterm_lets_a_request_in_flight_finish_within_the_grace_period(tiny_model):
+    """The other half of the bound: a request shorter than the grace period is answered, not cut off."""
+    proc, url = _start([sys.executable, "-m", "stancewatch.cli", "serve"],
+                       _env(tiny_model, STANCEWATCH_BATCH_ITEMS="2", STANCEWATCH_SHUTDOWN_GRACE_S="30"))
+    workers = _descendants(proc.pid)
+    # The sentence limit, in 1,000 batches of 2: seconds of work, so it is surely still running when
+    # the signal comes (a busy machine can be slow to answer /metrics), and well within the grace.
+    text = "Tokyo stands firm on Taiwan. " * 2000
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(requests.post, f"{url}/predict_document", json={"text": text}, timeout=120)
+            deadline = time.time() + 30
+            while time.time() < deadline and _in_progress(url) < 1 and not answer.done():
+                time.sleep(0.05)
+            in_flight = not answer.done()
+            os.kill(proc.pid, signal.SIGTERM)
+            r = answer.result()
+        assert in_flight, "the document was answered before SIGTERM: the test did not exercise the grace period"
+        assert r.status_code == 200, r.text[:300]
+        assert len(r.json()["sentences"]) == 2000
+        proc.wait(40)
+    finally:
+        for p in workers | {proc.pid}:
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_a_client_that_disconnects_stops_its_work(tiny_model):
+    """Over real HTTP: after the client hangs up, the worker drops the document (the middleware cancels
+    the handler, the batcher skips its items); the access log records it as 499 (client closed request)."""
+    proc, url = _long_server(tiny_model)
+    workers = _descendants(proc.pid)  # they run in their own process group: stopped by PID below
+    log = Path(_env(tiny_model)["BENTOML_HOME"]) / f"serve-{url.rsplit(':', 1)[1]}.log"
+    try:
+        conn = _send_and_leave(url, json.dumps({"text": LONG_DOCUMENT}).encode())
+        deadline = time.time() + 60
+        while time.time() < deadline and _in_progress(url) < 1:
+            time.sleep(0.2)
+        conn.close()
+        deadline = time.time() + 60
+        while time.time() < deadline and "status=499" not in log.read_text(errors="replace"):
+            time.sleep(0.2)
+        assert "path=/predict_document" in log.read_text(errors="replace")
+        assert "status=499" in log.read_text(errors="replace")
+        # Nothing of it is left running: the request is no longer in progress.
+        deadline = time.time() + 60
+        while time.time() < deadline and _in_progress(url) > 0:
+            time.sleep(0.2)
+        assert _in_progress(url) == 0
+        r = requests.post(f"{url}/predict", json={"sentences": ["Still serving."]}, timeout=30)
+        assert r.status_code == 200
+    finally:
+        _stop(proc)
+        for p in workers:
             if _alive(p):
                 os.kill(p, signal.SIGKILL)
