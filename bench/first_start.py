@@ -37,8 +37,9 @@ def _free_port() -> int:
 
 def _answers(port: int) -> bool:
     body = json.dumps({"sentences": ["Tokyo will not revise its position under pressure from anyone."]}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=body,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/predict", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return r.status == 200
@@ -58,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep-venv", type=Path, help="copy this .venv into the clone instead of creating one")
     parser.add_argument("--timeout", type=float, default=1800)
-    parser.add_argument("--wait-full", action="store_true",
-                        help="after the first answer, wait until GET /model names another (the full) version")
+    parser.add_argument(
+        "--wait-full",
+        action="store_true",
+        help="after the first answer, wait until GET /model names another (the full) version",
+    )
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="stancewatch-first-start-"))
@@ -68,14 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep_venv:
         shutil.copytree(args.keep_venv, clone / ".venv", symlinks=True)
     port = _free_port()
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}  # the log lines are the time marks
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }  # the log lines are the time marks
     log_path = work / "serve.log"
     marks: dict[str, float] = {}
     t0 = time.time()
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(["make", "serve", f"PORT={port}"], cwd=clone, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["make", "serve", f"PORT={port}"],
+            cwd=clone,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         while time.time() - t0 < args.timeout:
             text = log_path.read_text(errors="replace")
@@ -113,10 +128,16 @@ def main(argv: list[str] | None = None) -> int:
                 os.killpg(int(pid_file.read_text()), signal.SIGTERM)  # its own session: a group of its own
             except (ProcessLookupError, ValueError):
                 pass
-    print(f"first start from a fresh clone ({'venv copied' if args.keep_venv else 'set-up included'}), "
-          f"empty BENTOML_HOME, port {port}:")
-    for name, label in (("setup", "set-up done"), ("trained", "quick model saved"), ("first_answer", "first POST /predict 200"),
-                        ("full_served", "full model served")):
+    print(
+        f"first start from a fresh clone ({'venv copied' if args.keep_venv else 'set-up included'}), "
+        f"empty BENTOML_HOME, port {port}:"
+    )
+    for name, label in (
+        ("setup", "set-up done"),
+        ("trained", "quick model saved"),
+        ("first_answer", "first POST /predict 200"),
+        ("full_served", "full model served"),
+    ):
         if name in marks:
             print(f"  {label:26s} {marks[name]:7.1f} s  ({marks[name] / 60:.1f} min)")
     print(f"log: {log_path}")

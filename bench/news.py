@@ -74,15 +74,25 @@ def main(argv: list[str] | None = None) -> int:
         by_genre[x.get("genre") or "-"].append(i)
     report["by_genre"] = {}
     for genre, idx in sorted(by_genre.items()):
-        sub = evaluate_predictions(model.schema, {t: [g[i] for i in idx] for t, g in gold.items()},
-                                   {t: p[idx] for t, p in probs.items()})
-        report["by_genre"][genre] = {"n": len(idx), **{t: {k: round(v[k], 4) for k in ("macro_f1", "f_avg", "ece", "neutral_given_stance")}
-                                                       for t, v in sub["targets"].items()}}
-    print(f"model {model.tag} on {args.data.name}: {len(rows)} sentences, "
-          f"{len({x.get('doc_id') for x in rows})} articles, {report['unsupported']} called unsupported")
+        sub = evaluate_predictions(
+            model.schema, {t: [g[i] for i in idx] for t, g in gold.items()}, {t: p[idx] for t, p in probs.items()}
+        )
+        report["by_genre"][genre] = {
+            "n": len(idx),
+            **{
+                t: {k: round(v[k], 4) for k in ("macro_f1", "f_avg", "ece", "neutral_given_stance")}
+                for t, v in sub["targets"].items()
+            },
+        }
+    print(
+        f"model {model.tag} on {args.data.name}: {len(rows)} sentences, "
+        f"{len({x.get('doc_id') for x in rows})} articles, {report['unsupported']} called unsupported"
+    )
     for name, t in report["targets"].items():
-        print(f"  {name}: macro-F1 {t['macro_f1']:.3f}, F_avg {t['f_avg']:.3f}, accuracy {t['accuracy']:.3f}, "
-              f"ECE {t['ece']:.3f}, gold-none given a stance {100 * t['neutral_given_stance']:.1f}%")
+        print(
+            f"  {name}: macro-F1 {t['macro_f1']:.3f}, F_avg {t['f_avg']:.3f}, accuracy {t['accuracy']:.3f}, "
+            f"ECE {t['ece']:.3f}, gold-none given a stance {100 * t['neutral_given_stance']:.1f}%"
+        )
     print("  by genre (macro-F1 per target):")
     for genre, g in report["by_genre"].items():
         cells = ", ".join(f"{t} {g[t]['macro_f1']:.3f}" for t in model.schema.target_names)

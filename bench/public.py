@@ -47,7 +47,9 @@ def load_task(task: str):
 
     # P-Stance's train.csv labels a few identical tweets both ways: drop those, as `--drop-conflicts` does.
     data = load_labelled([DATA / TASKS[task][0]], drop_conflicts=True)
-    dev = load_labelled([DATA / DEV_FILES[task]], schema=data.schema, drop_conflicts=True) if task in DEV_FILES else None
+    dev = (
+        load_labelled([DATA / DEV_FILES[task]], schema=data.schema, drop_conflicts=True) if task in DEV_FILES else None
+    )
     return data, dev
 
 
@@ -61,8 +63,7 @@ def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
     from stancewatch.model.predictor import StanceModel
     from stancewatch.training.config import TrainConfig
     from stancewatch.training.data import load_labelled
-    from stancewatch.training.evaluate import evaluate_predictions
-    from stancewatch.training.evaluate import gold_lists
+    from stancewatch.training.evaluate import evaluate_predictions, gold_lists
     from stancewatch.training.train import train
 
     test_file = DATA / TASKS[task][1]
@@ -74,18 +75,36 @@ def run_one(task: str, seed: int, overrides: dict, out: Path) -> None:
     model = StanceModel.load(result.tag)
     test = load_labelled([test_file], schema=model.schema, drop_conflicts=True)
     probs, _ = model.predict_arrays([e.text for e in test.examples], [e.context or None for e in test.examples])
-    report = evaluate_predictions(model.schema, gold_lists(test.examples, model.schema), dict(zip(model.schema.target_names, probs)))
+    report = evaluate_predictions(
+        model.schema, gold_lists(test.examples, model.schema), dict(zip(model.schema.target_names, probs))
+    )
     dev_metrics = result.metadata["metrics"]  # the dev split: what a recipe is chosen by
-    out.write_text(json.dumps({
-        "task": task, "seed": seed, "tag": result.tag, "train_seconds": round(seconds, 1),
-        "dev_pooled_f_avg": dev_metrics.get("pooled_f_avg"), "dev_mean_f_avg": dev_metrics.get("mean_f_avg"),
-        "runtime": result.metadata.get("runtime", {}), "best_epoch": result.metadata.get("best_epoch"),
-        "soup": result.metadata.get("soup"),
-        "pooled_f_avg": report.get("pooled_f_avg"), "mean_f_avg": report["mean_f_avg"],
-        "per_target_f_avg": {t: v["f_avg"] for t, v in report["targets"].items()},
-        "n_train": len(data.examples), "n_test": len(test.examples), "config": cfg.to_dict(),
-        "conflicts_dropped": {"train": len(data.report.conflicts_dropped), "test": len(test.report.conflicts_dropped)},
-    }, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "task": task,
+                "seed": seed,
+                "tag": result.tag,
+                "train_seconds": round(seconds, 1),
+                "dev_pooled_f_avg": dev_metrics.get("pooled_f_avg"),
+                "dev_mean_f_avg": dev_metrics.get("mean_f_avg"),
+                "runtime": result.metadata.get("runtime", {}),
+                "best_epoch": result.metadata.get("best_epoch"),
+                "soup": result.metadata.get("soup"),
+                "pooled_f_avg": report.get("pooled_f_avg"),
+                "mean_f_avg": report["mean_f_avg"],
+                "per_target_f_avg": {t: v["f_avg"] for t, v in report["targets"].items()},
+                "n_train": len(data.examples),
+                "n_test": len(test.examples),
+                "config": cfg.to_dict(),
+                "conflicts_dropped": {
+                    "train": len(data.report.conflicts_dropped),
+                    "test": len(test.report.conflicts_dropped),
+                },
+            },
+            indent=1,
+        )
+    )
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -121,7 +140,9 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         out = Path(tempfile.mkstemp(suffix=".json")[1])
-        cmd = [sys.executable, __file__, args.task, "--child", str(seed), str(out)] + sum((["--set", s] for s in args.set), [])
+        cmd = [sys.executable, __file__, args.task, "--child", str(seed), str(out)] + sum(
+            (["--set", s] for s in args.set), []
+        )
         proc = subprocess.Popen(cmd)
         _, status, usage = os.wait4(proc.pid, 0)
         if status != 0:
@@ -129,9 +150,12 @@ def main() -> None:
         run = json.loads(out.read_text())
         run["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)  # ru_maxrss is in KiB on Linux
         runs.append(run)
-        print(f"seed {seed}: dev pooled F_avg {100 * (run['dev_pooled_f_avg'] or 0):.2f}, dev mean F_avg "
-              f"{100 * run['dev_mean_f_avg']:.2f}; test pooled F_avg {100 * (run['pooled_f_avg'] or 0):.2f}, mean per-target F_avg "
-              f"{100 * run['mean_f_avg']:.2f}, {run['train_seconds']:.0f} s, peak {run['peak_rss_mb']:.0f} MB", flush=True)
+        print(
+            f"seed {seed}: dev pooled F_avg {100 * (run['dev_pooled_f_avg'] or 0):.2f}, dev mean F_avg "
+            f"{100 * run['dev_mean_f_avg']:.2f}; test pooled F_avg {100 * (run['pooled_f_avg'] or 0):.2f}, mean per-target F_avg "
+            f"{100 * run['mean_f_avg']:.2f}, {run['train_seconds']:.0f} s, peak {run['peak_rss_mb']:.0f} MB",
+            flush=True,
+        )
 
     def stat(key):
         vals = [100 * r[key] for r in runs if r[key] is not None]

@@ -60,8 +60,7 @@ def run_one(task: str, name: str, overrides: dict, seed: int, threads: int) -> d
 
     torch.set_num_threads(threads)
     from stancewatch.training.config import TrainConfig
-    from stancewatch.training.evaluate import evaluate_predictions
-    from stancewatch.training.evaluate import gold_lists, split_probs
+    from stancewatch.training.evaluate import evaluate_predictions, gold_lists, split_probs
     from stancewatch.training.train import fit, predict_logits, training_split
 
     cfg = TrainConfig(**{**overrides, "seed": seed})
@@ -71,11 +70,22 @@ def run_one(task: str, name: str, overrides: dict, seed: int, threads: int) -> d
     result = fit(train_ex, dev_ex, data.schema, cfg, progress=False)
     result.release_scratch()
     encoded = result.encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex])
-    report = evaluate_predictions(data.schema, gold_lists(dev_ex, data.schema),
-                                  split_probs(predict_logits(result.network, result.encoder, encoded), data.schema))
-    return {"name": name, "seed": seed, "set": overrides, "dev_pooled_f_avg": report.get("pooled_f_avg"),
-            "dev_mean_f_avg": report["mean_f_avg"], "best_epoch": result.best_epoch,
-            "seconds": round(time.time() - started, 1), "device": str(cfg.torch_device()), "tapt": result.tapt}
+    report = evaluate_predictions(
+        data.schema,
+        gold_lists(dev_ex, data.schema),
+        split_probs(predict_logits(result.network, result.encoder, encoded), data.schema),
+    )
+    return {
+        "name": name,
+        "seed": seed,
+        "set": overrides,
+        "dev_pooled_f_avg": report.get("pooled_f_avg"),
+        "dev_mean_f_avg": report["mean_f_avg"],
+        "best_epoch": result.best_epoch,
+        "seconds": round(time.time() - started, 1),
+        "device": str(cfg.torch_device()),
+        "tapt": result.tapt,
+    }
 
 
 def summarise(runs: list[dict], order: list[str]) -> str:
@@ -85,8 +95,10 @@ def summarise(runs: list[dict], order: list[str]) -> str:
     for r in runs:
         by.setdefault(r["name"], {})[r["seed"]] = r
     base = by.get(order[0], {})
-    lines = ["| candidate | seeds | dev pooled F_avg | dev mean F_avg | paired diff vs first (pooled) | s/run |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| candidate | seeds | dev pooled F_avg | dev mean F_avg | paired diff vs first (pooled) | s/run |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = []
     for name in order:
         if name not in by:
@@ -96,10 +108,15 @@ def summarise(runs: list[dict], order: list[str]) -> str:
         mean = [100 * r["dev_mean_f_avg"] for r in got.values()]
         common = sorted(set(got) & set(base))
         diff = [100 * (got[s]["dev_pooled_f_avg"] - base[s]["dev_pooled_f_avg"]) for s in common]
-        rows.append((np.mean(pooled), f"| {name} | {len(got)} | {np.mean(pooled):.2f} ± {np.std(pooled):.2f} | "
-                     f"{np.mean(mean):.2f} ± {np.std(mean):.2f} | "
-                     f"{(f'{np.mean(diff):+.2f} (n={len(diff)})') if diff else 'n/a'} | "
-                     f"{np.mean([r['seconds'] for r in got.values()]):.0f} |"))
+        rows.append(
+            (
+                np.mean(pooled),
+                f"| {name} | {len(got)} | {np.mean(pooled):.2f} ± {np.std(pooled):.2f} | "
+                f"{np.mean(mean):.2f} ± {np.std(mean):.2f} | "
+                f"{(f'{np.mean(diff):+.2f} (n={len(diff)})') if diff else 'n/a'} | "
+                f"{np.mean([r['seconds'] for r in got.values()]):.0f} |",
+            )
+        )
     lines += [line for _, line in sorted(rows, key=lambda x: -x[0])]
     return "\n".join(lines)
 
@@ -145,13 +162,18 @@ def main() -> None:
                     print(f"FAILED {name} seed {seed}: {exc!r}", flush=True)
                     continue
                 runs.append(run)
-                print(f"{name} seed {seed}: dev pooled {100 * run['dev_pooled_f_avg']:.2f} mean "
-                      f"{100 * run['dev_mean_f_avg']:.2f} epoch {run['best_epoch']} {run['seconds']:.0f} s", flush=True)
+                print(
+                    f"{name} seed {seed}: dev pooled {100 * run['dev_pooled_f_avg']:.2f} mean "
+                    f"{100 * run['dev_mean_f_avg']:.2f} epoch {run['best_epoch']} {run['seconds']:.0f} s",
+                    flush=True,
+                )
                 if args.out:
                     with args.out.open("a") as fh:
                         fh.write(json.dumps(run) + "\n")
-    print(f"\n{args.task}: {len(runs)} runs in {time.time() - started:.0f} s; {len(todo)} not started; "
-          f"{len(failed)} failed")
+    print(
+        f"\n{args.task}: {len(runs)} runs in {time.time() - started:.0f} s; {len(todo)} not started; "
+        f"{len(failed)} failed"
+    )
     print(summarise(runs, [g["name"] for g in grid]))
 
 

@@ -83,12 +83,23 @@ def generate(path: Path, n: int, lo: int, hi: int) -> Path:
     return path
 
 
-def run_score(archive: Path, out: Path, model: str | None, chunk: int, extra: list[str] = (),
-              env: dict | None = None) -> dict:
+def run_score(
+    archive: Path, out: Path, model: str | None, chunk: int, extra: list[str] = (), env: dict | None = None
+) -> dict:
     """`stancewatch score` in a fresh process: its summary numbers and peak RSS (MiB)."""
     exe = Path(sys.executable).parent / "stancewatch"
-    cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "stancewatch.cli"]),
-           "score", str(archive), "--out", str(out), "--chunk-size", str(chunk), "--no-progress", *extra]
+    cmd = [
+        str(exe) if exe.exists() else sys.executable,
+        *([] if exe.exists() else ["-m", "stancewatch.cli"]),
+        "score",
+        str(archive),
+        "--out",
+        str(out),
+        "--chunk-size",
+        str(chunk),
+        "--no-progress",
+        *extra,
+    ]
     if model:
         cmd += ["--model", model]
     started = time.perf_counter()
@@ -103,8 +114,15 @@ def run_score(archive: Path, out: Path, model: str | None, chunk: int, extra: li
     if not m:
         raise SystemExit(f"no summary in the output:\n{output}")
     docs, sents, rejected, secs = int(m[1]), int(m[2]), int(m[3]), float(m[4])
-    return {"documents": docs, "sentences": sents, "rejected": rejected, "score_s": secs, "process_s": wall,
-            "sentences_per_s": sents / secs, "peak_rss_mib": usage.ru_maxrss / 1024}  # ru_maxrss is KiB on Linux
+    return {
+        "documents": docs,
+        "sentences": sents,
+        "rejected": rejected,
+        "score_s": secs,
+        "process_s": wall,
+        "sentences_per_s": sents / secs,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+    }  # ru_maxrss is KiB on Linux
 
 
 def bare_throughput(out: Path, model: str | None, chunk_docs: int) -> dict:
@@ -157,32 +175,57 @@ class LocalCluster:
         ray = Path(sys.executable).parent / "ray"
         for i in range(nodes):
             a, b, c, d = free_ports(4)
-            role = ["--head", f"--port={self.port}", "--include-dashboard=false"] if i == 0 else [f"--address={self.address}"]
-            cmd = [str(ray), "start", "--block", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
-                   "--disable-usage-stats", f"--dashboard-agent-listen-port={a}", f"--dashboard-agent-grpc-port={b}",
-                   f"--runtime-env-agent-port={c}", f"--metrics-export-port={d}", *role]
+            role = (
+                ["--head", f"--port={self.port}", "--include-dashboard=false"]
+                if i == 0
+                else [f"--address={self.address}"]
+            )
+            cmd = [
+                str(ray),
+                "start",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--num-cpus={cpus}",
+                "--disable-usage-stats",
+                f"--dashboard-agent-listen-port={a}",
+                f"--dashboard-agent-grpc-port={b}",
+                f"--runtime-env-agent-port={c}",
+                f"--metrics-export-port={d}",
+                *role,
+            ]
             log = open(self.root / f"node{i}.log", "wb")
-            self.procs.append(subprocess.Popen(cmd, env=self.env(f"node{i}"), stdout=log, stderr=subprocess.STDOUT,
-                                               start_new_session=True))
+            self.procs.append(
+                subprocess.Popen(
+                    cmd, env=self.env(f"node{i}"), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
             if i == 0:
                 self.wait(1)
         self.wait(nodes)
 
     def env(self, node: str = "node0") -> dict:
         (self.root / node).mkdir(exist_ok=True)
-        env = dict(os.environ, HOME=str(self.root / "home"), RAY_TMPDIR=str(self.root / node), RAY_AUTH_MODE="disabled",
-                   RAY_USAGE_STATS_ENABLED="0")
+        env = dict(
+            os.environ,
+            HOME=str(self.root / "home"),
+            RAY_TMPDIR=str(self.root / node),
+            RAY_AUTH_MODE="disabled",
+            RAY_USAGE_STATS_ENABLED="0",
+        )
         env.pop("RAY_ADDRESS", None)
         env.pop("STANCEWATCH_THREADS", None)
         return env
 
     def wait(self, n: int, timeout: float = 180) -> None:
-        probe = ("import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-                 "print(sum(1 for x in ray.nodes() if x['Alive']))")
+        probe = (
+            "import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "print(sum(1 for x in ray.nodes() if x['Alive']))"
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
-            r = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env(), capture_output=True,
-                               text=True)
+            r = subprocess.run(
+                [sys.executable, "-c", probe, self.address], env=self.env(), capture_output=True, text=True
+            )
             if r.returncode == 0 and r.stdout.strip().endswith(str(n)):
                 return
             time.sleep(1)
@@ -219,13 +262,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="Tag or artefact folder (default: production).")
     ap.add_argument("--articles", type=int, default=20_000, help="Articles in the archive timed end to end.")
-    ap.add_argument("--big", type=int, default=200_000, help="Articles in the archive for the memory comparison (0: skip).")
+    ap.add_argument(
+        "--big", type=int, default=200_000, help="Articles in the archive for the memory comparison (0: skip)."
+    )
     ap.add_argument("--sentences", default="20-30", help="Sentences per article, lo-hi.")
     ap.add_argument("--format", default="jsonl.zst", choices=["jsonl.zst", "tar.gz", "zip"])
     ap.add_argument("--chunk", type=int, default=256, help="Documents per chunk.")
     ap.add_argument("--workdir", type=Path, default=None, help="Where archives and outputs go (default: a temp dir).")
     ap.add_argument("--quick", action="store_true", help="1,000 vs 10,000 articles of 8-12 sentences.")
-    ap.add_argument("--ray", action="store_true", help="Add the Ray row (a local two-node cluster unless --ray-address).")
+    ap.add_argument(
+        "--ray", action="store_true", help="Add the Ray row (a local two-node cluster unless --ray-address)."
+    )
     ap.add_argument("--ray-address", default=None, help="A running Ray cluster to use for the Ray row.")
     ap.add_argument("--ray-nodes", type=int, default=2, help="Nodes of the cluster started for the Ray row.")
     ap.add_argument("--ray-cpus", type=int, default=1, help="CPUs per node of that cluster.")
@@ -244,36 +291,52 @@ def main() -> None:
         if not archive.exists():
             t = time.perf_counter()
             generate(archive, n, lo, hi)
-            print(f"generated {archive} ({archive.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t:.0f} s",
-                  flush=True)
+            print(
+                f"generated {archive} ({archive.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - t:.0f} s",
+                flush=True,
+            )
         out = work / f"scored-{n}.parquet"
         results[label] = run_score(archive, out, args.model, args.chunk)
         r = results[label]
-        print(f"{label}: {n} articles, {r['sentences']} sentences, score {r['score_s']:.1f} s "
-              f"({r['sentences_per_s']:.0f} sentences/s end to end), peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+        print(
+            f"{label}: {n} articles, {r['sentences']} sentences, score {r['score_s']:.1f} s "
+            f"({r['sentences_per_s']:.0f} sentences/s end to end), peak RSS {r['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
         if label == "small":
             bare = bare_throughput(out, args.model, args.chunk)
             results["bare"] = bare
-            print(f"bare predict_arrays on the same {bare['sentences']} sentences: {bare['seconds']:.1f} s "
-                  f"({bare['sentences_per_s']:.0f} sentences/s, {bare['threads']} threads)", flush=True)
+            print(
+                f"bare predict_arrays on the same {bare['sentences']} sentences: {bare['seconds']:.1f} s "
+                f"({bare['sentences_per_s']:.0f} sentences/s, {bare['threads']} threads)",
+                flush=True,
+            )
     ratio = results["small"]["sentences_per_s"] / results["bare"]["sentences_per_s"]
     results["ratio"] = ratio
     print(f"end-to-end / bare throughput: {ratio:.2f} (goal >= 0.90)")
     if "big" in results:
         growth = results["big"]["peak_rss_mib"] / results["small"]["peak_rss_mib"]
         results["rss_growth"] = growth
-        print(f"peak RSS {results['small']['peak_rss_mib']:.0f} MiB for {args.articles} articles vs "
-              f"{results['big']['peak_rss_mib']:.0f} MiB for {args.big}: x{growth:.2f} (goal: flat)")
+        print(
+            f"peak RSS {results['small']['peak_rss_mib']:.0f} MiB for {args.articles} articles vs "
+            f"{results['big']['peak_rss_mib']:.0f} MiB for {args.big}: x{growth:.2f} (goal: flat)"
+        )
     if args.ray or args.ray_address:
         results["ray"] = ray = ray_row(args, work)
         lo_, ra = results["small"], ray["run"]
-        print("\n| engine | nodes x CPUs | sentences | rows agree | score s | sentences/s | process s | ratio to local |")
+        print(
+            "\n| engine | nodes x CPUs | sentences | rows agree | score s | sentences/s | process s | ratio to local |"
+        )
         print("|---|---|---|---|---|---|---|---|")
-        print(f"| local | 1 x {os.cpu_count()} threads | {lo_['sentences']} | - | {lo_['score_s']:.1f} | "
-              f"{lo_['sentences_per_s']:.0f} | {lo_['process_s']:.1f} | 1.00 |")
-        print(f"| ray | {ray['nodes'] or '?'} x {args.ray_cpus} | {ra['sentences']} | {ray['same_rows']} | "
-              f"{ra['score_s']:.1f} | {ra['sentences_per_s']:.0f} | {ra['process_s']:.1f} | "
-              f"{ra['sentences_per_s'] / lo_['sentences_per_s']:.2f} (process: {lo_['process_s'] / ra['process_s']:.2f}) |")
+        print(
+            f"| local | 1 x {os.cpu_count()} threads | {lo_['sentences']} | - | {lo_['score_s']:.1f} | "
+            f"{lo_['sentences_per_s']:.0f} | {lo_['process_s']:.1f} | 1.00 |"
+        )
+        print(
+            f"| ray | {ray['nodes'] or '?'} x {args.ray_cpus} | {ra['sentences']} | {ray['same_rows']} | "
+            f"{ra['score_s']:.1f} | {ra['sentences_per_s']:.0f} | {ra['process_s']:.1f} | "
+            f"{ra['sentences_per_s'] / lo_['sentences_per_s']:.2f} (process: {lo_['process_s'] / ra['process_s']:.2f}) |"
+        )
     (work / "results.json").write_text(json.dumps(results, indent=1))
 
 

@@ -66,20 +66,46 @@ def pick_sentences(model, n: int, tokens: int = 30) -> list[str]:
 
 
 def start_server(kind: str, tag: str, port: int, threads: int) -> subprocess.Popen:
-    env = {**os.environ, "STANCEWATCH_MODEL": tag, "STANCEWATCH_THREADS": str(threads), "STANCEWATCH_RELOAD_SECONDS": "0"}
+    env = {
+        **os.environ,
+        "STANCEWATCH_MODEL": tag,
+        "STANCEWATCH_THREADS": str(threads),
+        "STANCEWATCH_RELOAD_SECONDS": "0",
+    }
     env.setdefault("STANCEWATCH_WORKERS", "1")
     where = ["--host", "127.0.0.1", "--port", str(port)]
     if kind == "ours":
         cmd = [sys.executable, "-m", "bentoml", "serve", "stancewatch.service.service:StanceService", *where]
     elif kind == "batchable":
-        cmd = [sys.executable, "-m", "bentoml", "serve", "serve:BatchableService", "--working-dir", str(REPO / "bench"), *where]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "serve:BatchableService",
+            "--working-dir",
+            str(REPO / "bench"),
+            *where,
+        ]
     elif kind == "bare":
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "serve:bare_app", "--app-dir", str(REPO / "bench"),
-               "--no-access-log", "--log-level", "warning", *where]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "serve:bare_app",
+            "--app-dir",
+            str(REPO / "bench"),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            *where,
+        ]
     else:
         raise ValueError(kind)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     import requests
 
     deadline = time.time() + 180
@@ -140,12 +166,25 @@ def sequential(url: str, sentences: list[str], n: int, warmup: int = 20) -> dict
             errors += 1
         elif i >= warmup:
             latencies.append(dt)
-    return {"n": len(latencies), "errors": errors, "p50_ms": percentile(latencies, 50),
-            "p95_ms": percentile(latencies, 95), "p99_ms": percentile(latencies, 99)}
+    return {
+        "n": len(latencies),
+        "errors": errors,
+        "p50_ms": percentile(latencies, 50),
+        "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99),
+    }
 
 
-async def _post_loop(host: str, port: int, path: str, bodies: list[tuple[bytes, int]], stop: float,
-                     latencies: list[float], errors: dict[str, int], counts: list[int]) -> None:
+async def _post_loop(
+    host: str,
+    port: int,
+    path: str,
+    bodies: list[tuple[bytes, int]],
+    stop: float,
+    latencies: list[float],
+    errors: dict[str, int],
+    counts: list[int],
+) -> None:
     """One client: HTTP/1.1 keep-alive POSTs over a raw asyncio connection until `stop`.
 
     A hand-rolled client because the load generator shares the two cores with the server: aiohttp
@@ -197,19 +236,35 @@ async def _concurrent(url: str, bodies: list[tuple[bytes, int]], clients: int, d
     errors: dict[str, int] = {}
     stop = time.perf_counter() + duration
     started = time.perf_counter()
-    await asyncio.gather(*(
-        _post_loop(parts.hostname, parts.port, parts.path, bodies[k::clients] or bodies, stop, latencies, errors, counts)
-        for k in range(clients)))
+    await asyncio.gather(
+        *(
+            _post_loop(
+                parts.hostname, parts.port, parts.path, bodies[k::clients] or bodies, stop, latencies, errors, counts
+            )
+            for k in range(clients)
+        )
+    )
     elapsed = time.perf_counter() - started
-    return {"clients": clients, "seconds": round(elapsed, 2), "requests": len(latencies),
-            "errors": errors, "req_per_s": len(latencies) / elapsed, "sent_per_s": sum(counts) / elapsed,
-            "p50_ms": percentile(latencies, 50) if latencies else None,
-            "p95_ms": percentile(latencies, 95) if latencies else None}
+    return {
+        "clients": clients,
+        "seconds": round(elapsed, 2),
+        "requests": len(latencies),
+        "errors": errors,
+        "req_per_s": len(latencies) / elapsed,
+        "sent_per_s": sum(counts) / elapsed,
+        "p50_ms": percentile(latencies, 50) if latencies else None,
+        "p95_ms": percentile(latencies, 95) if latencies else None,
+    }
 
 
 def sentence_bodies(sentences: list[str], per_request: int) -> list[tuple[bytes, int]]:
-    return [(json.dumps({"sentences": [sentences[(j + m) % len(sentences)] for m in range(per_request)]}).encode(),
-             per_request) for j in range(len(sentences))]
+    return [
+        (
+            json.dumps({"sentences": [sentences[(j + m) % len(sentences)] for m in range(per_request)]}).encode(),
+            per_request,
+        )
+        for j in range(len(sentences))
+    ]
 
 
 def documents(sentences: list[str], size: int = 16) -> list[str]:
@@ -243,9 +298,14 @@ def in_process(model, sentences: list[str], docs: list[str], seconds: float = 8.
         model.predict([s.text for p in parts for s in p], [c for p in parts for c in with_context(p)])
         doc_done += sum(len(p) for p in parts)
     doc_elapsed = time.perf_counter() - doc_started
-    return {"sentences": done, "seconds": round(elapsed, 2), "sent_per_s": done / elapsed,
-            "doc_sent_per_s": doc_done / doc_elapsed,
-            "cpu_ms_per_sentence": 1000 * cpu / done, "single_p50_ms": percentile(single, 50)}
+    return {
+        "sentences": done,
+        "seconds": round(elapsed, 2),
+        "sent_per_s": done / elapsed,
+        "doc_sent_per_s": doc_done / doc_elapsed,
+        "cpu_ms_per_sentence": 1000 * cpu / done,
+        "single_p50_ms": percentile(single, 50),
+    }
 
 
 def measure_server(kind: str, tag: str, args, sentences: list[str], docs: list[tuple[bytes, int]]) -> dict:
@@ -255,18 +315,25 @@ def measure_server(kind: str, tag: str, args, sentences: list[str], docs: list[t
     out: dict = {}
     try:
         out["single"] = sequential(f"{base}/predict", sentences, args.single)
-        runs = [("1 per request", "/predict", sentence_bodies(sentences, 1)),
-                ("8 per request", "/predict", sentence_bodies(sentences, 8))]
+        runs = [
+            ("1 per request", "/predict", sentence_bodies(sentences, 1)),
+            ("8 per request", "/predict", sentence_bodies(sentences, 8)),
+        ]
         if kind != "batchable":
             runs.append(("documents", "/predict_document", docs))
         for name, path, bodies in runs:
             server_cpu = tree_cpu_seconds(proc.pid)
             load = asyncio.run(_concurrent(base + path, bodies, args.clients, args.duration))
-            load["server_cpu_ms_per_request"] = 1000 * (tree_cpu_seconds(proc.pid) - server_cpu) / max(1, load["requests"])
+            load["server_cpu_ms_per_request"] = (
+                1000 * (tree_cpu_seconds(proc.pid) - server_cpu) / max(1, load["requests"])
+            )
             out[name] = load
-            print(f"  {kind:9s} {name:13s}: {load['req_per_s']:7.1f} req/s = {load['sent_per_s']:7.1f} sentences/s, "
-                  f"p95 {load['p95_ms'] or 0:.0f} ms, errors {load['errors'] or 0}, "
-                  f"server CPU {load['server_cpu_ms_per_request']:.2f} ms/request", flush=True)
+            print(
+                f"  {kind:9s} {name:13s}: {load['req_per_s']:7.1f} req/s = {load['sent_per_s']:7.1f} sentences/s, "
+                f"p95 {load['p95_ms'] or 0:.0f} ms, errors {load['errors'] or 0}, "
+                f"server CPU {load['server_cpu_ms_per_request']:.2f} ms/request",
+                flush=True,
+            )
     finally:
         stop_server(proc)
     return out
@@ -295,57 +362,89 @@ def main() -> None:
     tokens = [len(e) for e in model.encoder.encode(sentences)]
     docs = documents(sentences)
     doc_bodies = document_bodies(docs)
-    print(f"model {tag}; {len(sentences)} sentences, mean {statistics.mean(tokens):.1f} tokens; {len(docs)} documents of "
-          f"{statistics.mean(n for _, n in doc_bodies):.0f} sentences; backend {model.backend.name}; {args.threads} threads; "
-          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"model {tag}; {len(sentences)} sentences, mean {statistics.mean(tokens):.1f} tokens; {len(docs)} documents of "
+        f"{statistics.mean(n for _, n in doc_bodies):.0f} sentences; backend {model.backend.name}; {args.threads} threads; "
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
 
     # In-process before and after the servers; the ratios use the faster (conservative on a shared box).
     before = in_process(model, sentences, docs)
-    print(f"in-process (before): {before['sent_per_s']:.1f} sentences/s batch, {before['doc_sent_per_s']:.1f} sentences/s "
-          f"documents, single p50 {before['single_p50_ms']:.1f} ms", flush=True)
+    print(
+        f"in-process (before): {before['sent_per_s']:.1f} sentences/s batch, {before['doc_sent_per_s']:.1f} sentences/s "
+        f"documents, single p50 {before['single_p50_ms']:.1f} ms",
+        flush=True,
+    )
     results = {}
     for kind in args.servers.split(","):
         results[kind] = measure_server(kind, tag, args, sentences, doc_bodies)
     after = in_process(model, sentences, docs)
-    print(f"in-process (after): {after['sent_per_s']:.1f} sentences/s batch, {after['doc_sent_per_s']:.1f} sentences/s "
-          f"documents; load average {os.getloadavg()[0]:.2f}", flush=True)
-    local = {"sent_per_s": max(before["sent_per_s"], after["sent_per_s"]),
-             "doc_sent_per_s": max(before["doc_sent_per_s"], after["doc_sent_per_s"])}
+    print(
+        f"in-process (after): {after['sent_per_s']:.1f} sentences/s batch, {after['doc_sent_per_s']:.1f} sentences/s "
+        f"documents; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    local = {
+        "sent_per_s": max(before["sent_per_s"], after["sent_per_s"]),
+        "doc_sent_per_s": max(before["doc_sent_per_s"], after["doc_sent_per_s"]),
+    }
 
-    print("\n| server | single p50 / p95 ms | 1 per request: req/s (p95 ms) | 8 per request: sent/s (p95 ms) | "
-          "documents: sent/s (p95 ms) | server CPU ms/request (1 per request) |")
+    print(
+        "\n| server | single p50 / p95 ms | 1 per request: req/s (p95 ms) | 8 per request: sent/s (p95 ms) | "
+        "documents: sent/s (p95 ms) | server CPU ms/request (1 per request) |"
+    )
     print("|---|---|---|---|---|---|")
+
     def cell(r: dict, name: str, key: str) -> str:
         run = r.get(name)
         return "-" if run is None else f"{run[key]:.0f} ({run['p95_ms'] or 0:.0f})"
 
     for kind, r in results.items():
-        print(f"| {kind} | {r['single']['p50_ms']:.1f} / {r['single']['p95_ms']:.1f} | {cell(r, '1 per request', 'req_per_s')} | "
-              f"{cell(r, '8 per request', 'sent_per_s')} | {cell(r, 'documents', 'sent_per_s')} | "
-              f"{r['1 per request']['server_cpu_ms_per_request']:.2f} |")
-    print(f"| in-process | {min(before['single_p50_ms'], after['single_p50_ms']):.1f} | {local['sent_per_s']:.0f} sent/s | "
-          f"{local['sent_per_s']:.0f} | {local['doc_sent_per_s']:.0f} | - |\n")
+        print(
+            f"| {kind} | {r['single']['p50_ms']:.1f} / {r['single']['p95_ms']:.1f} | {cell(r, '1 per request', 'req_per_s')} | "
+            f"{cell(r, '8 per request', 'sent_per_s')} | {cell(r, 'documents', 'sent_per_s')} | "
+            f"{r['1 per request']['server_cpu_ms_per_request']:.2f} |"
+        )
+    print(
+        f"| in-process | {min(before['single_p50_ms'], after['single_p50_ms']):.1f} | {local['sent_per_s']:.0f} sent/s | "
+        f"{local['sent_per_s']:.0f} | {local['doc_sent_per_s']:.0f} | - |\n"
+    )
 
     ratios = {}
     if "ours" in results:
         ours = results["ours"]
         if "bare" in results:
-            ratios["single: ours / bare (goal >= 0.90)"] = ours["1 per request"]["req_per_s"] / results["bare"]["1 per request"]["req_per_s"]
-        ratios["8 per request: ours / in-process (goal >= 0.85)"] = ours["8 per request"]["sent_per_s"] / local["sent_per_s"]
-        ratios["documents: ours / in-process (goal >= 0.85)"] = ours["documents"]["sent_per_s"] / local["doc_sent_per_s"]
+            ratios["single: ours / bare (goal >= 0.90)"] = (
+                ours["1 per request"]["req_per_s"] / results["bare"]["1 per request"]["req_per_s"]
+            )
+        ratios["8 per request: ours / in-process (goal >= 0.85)"] = (
+            ours["8 per request"]["sent_per_s"] / local["sent_per_s"]
+        )
+        ratios["documents: ours / in-process (goal >= 0.85)"] = (
+            ours["documents"]["sent_per_s"] / local["doc_sent_per_s"]
+        )
         if "batchable" in results:
             for name in ("1 per request", "8 per request"):
-                ratios[f"{name}: ours / batchable=True"] = ours[name]["sent_per_s"] / results["batchable"][name]["sent_per_s"]
+                ratios[f"{name}: ours / batchable=True"] = (
+                    ours[name]["sent_per_s"] / results["batchable"][name]["sent_per_s"]
+                )
         if "bare" in results:
-            ratios["8 per request: bare / in-process"] = results["bare"]["8 per request"]["sent_per_s"] / local["sent_per_s"]
-            ratios["documents: bare / in-process"] = results["bare"]["documents"]["sent_per_s"] / local["doc_sent_per_s"]
+            ratios["8 per request: bare / in-process"] = (
+                results["bare"]["8 per request"]["sent_per_s"] / local["sent_per_s"]
+            )
+            ratios["documents: bare / in-process"] = (
+                results["bare"]["documents"]["sent_per_s"] / local["doc_sent_per_s"]
+            )
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
     errors = {k: sum(sum(r[n]["errors"].values()) for n in r if n != "single") for k, r in results.items()}
     print(f"errors under load: {errors}")
     if args.json:
-        args.json.write_text(json.dumps({"model": tag, "servers": results, "in_process": [before, after],
-                                         "ratios": ratios}, indent=2), encoding="utf-8")
+        args.json.write_text(
+            json.dumps({"model": tag, "servers": results, "in_process": [before, after], "ratios": ratios}, indent=2),
+            encoding="utf-8",
+        )
 
 
 # ---- the comparison servers (imported by uvicorn / bentoml serve from this file) -----------------
@@ -372,20 +471,33 @@ def bare_app():
     def run(items):
         return [p.to_dict() for p in model.predict([s for s, _ in items], [c for _, c in items])]
 
-    batcher = MicroBatcher(run, max_items=settings.get("BATCH_ITEMS"), gather_ms=settings.get("GATHER_MS"),
-                           thread_init=getattr(model.backend, "thread_init", None))
+    batcher = MicroBatcher(
+        run,
+        max_items=settings.get("BATCH_ITEMS"),
+        gather_ms=settings.get("GATHER_MS"),
+        thread_init=getattr(model.backend, "thread_init", None),
+    )
 
     def summary(results):
         read = [r for r in results if r["supported"]]
         n = max(1, len(read))
-        return {t.name: {"counts": {lab: sum(r["stances"][t.name]["label"] == lab for r in read) for lab in t.labels},
-                         "mean_probs": {lab: sum(r["stances"][t.name]["probs"][lab] for r in read) / n for lab in t.labels}}
-                for t in model.schema.targets}
+        return {
+            t.name: {
+                "counts": {lab: sum(r["stances"][t.name]["label"] == lab for r in read) for lab in t.labels},
+                "mean_probs": {lab: sum(r["stances"][t.name]["probs"][lab] for r in read) / n for lab in t.labels},
+            }
+            for t in model.schema.targets
+        }
 
     async def reply(send, status, data):
         body = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def app(scope, receive, send):
@@ -416,8 +528,11 @@ def bare_app():
             parts = await asyncio.to_thread(split_sentences, data["text"])
             results = await batcher.submit(list(zip([s.text for s in parts], with_context(parts))))
             sentences = [{"index": s.index, "start": s.start, "end": s.end, **r} for s, r in zip(parts, results)]
-            return await reply(send, 200, {"model": model.tag, "id": data.get("id"), "sentences": sentences,
-                                           "summary": summary(results)})
+            return await reply(
+                send,
+                200,
+                {"model": model.tag, "id": data.get("id"), "sentences": sentences, "summary": summary(results)},
+            )
         return await reply(send, 404, {"error": "not found"})
 
     return app

@@ -94,8 +94,9 @@ def startup(folder: Path, backend: str) -> dict:
     import json
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", STARTUP_CODE, str(folder), backend], capture_output=True,
-                         text=True, check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", STARTUP_CODE, str(folder), backend], capture_output=True, text=True, check=True, cwd=REPO
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -125,12 +126,31 @@ def whole_process(folder: Path, sentences: list[str], threads: int) -> float:
 
     with tempfile.TemporaryDirectory(prefix="stancewatch-bench-") as tmp:
         src = Path(tmp) / "in.jsonl"
-        src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(sentences)), encoding="utf-8")
+        src.write_text(
+            "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(sentences)), encoding="utf-8"
+        )
         env = {**os.environ, "STANCEWATCH_THREADS": str(threads)}
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "stancewatch.cli", "score", str(src), "--unit", "sentence", "--model",
-                        str(folder), "--out", str(Path(tmp) / "out.parquet"), "--no-progress"],
-                       check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stancewatch.cli",
+                "score",
+                str(src),
+                "--unit",
+                "sentence",
+                "--model",
+                str(folder),
+                "--out",
+                str(Path(tmp) / "out.parquet"),
+                "--no-progress",
+            ],
+            check=True,
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+        )
         return len(sentences) / (time.perf_counter() - started)
 
 
@@ -153,11 +173,15 @@ def main() -> None:
     ref = StanceModel(fast.folder, backend="torch", threads=args.threads)
     cfg = BertConfig.from_pretrained(str(fast.folder))
     clf = BertForSequenceClassification(BertConfig(**{**cfg.to_dict(), "num_labels": sum(fast.head_sizes)}))
-    clf.bert.load_state_dict({k[len("encoder."):]: v for k, v in ref.backend.network.state_dict().items()
-                              if k.startswith("encoder.")}, strict=False)
+    clf.bert.load_state_dict(
+        {k[len("encoder.") :]: v for k, v in ref.backend.network.state_dict().items() if k.startswith("encoder.")},
+        strict=False,
+    )
     clf.eval()
     tok = BertTokenizerFast(tokenizer_file=str(fast.folder / "tokenizer.json"))
-    pipe = pipeline("text-classification", model=clf, tokenizer=tok, device=-1, truncation=True, max_length=fast.max_length)
+    pipe = pipeline(
+        "text-classification", model=clf, tokenizer=tok, device=-1, truncation=True, max_length=fast.max_length
+    )
 
     plain = None
     if fast.backend.name == "openvino":  # the usual recipe: one two-thread stream, fixed batches of 32
@@ -167,39 +191,54 @@ def main() -> None:
         plain.backend = OpenVINOBackend(fast.folder, fast.backend.precision, args.threads, streams=1)
         plain.max_batch, plain.max_tokens, plain.pad_step = 32, 10**9, 1
     workloads = build_workloads(fast.encoder.tokenizer, args.n)
-    print(f"model {fast.tag}: optimised backend {fast.backend.name} "
-          f"{getattr(fast.backend, 'precision', 'fp32')}; threads {args.threads}; torch {torch.__version__}")
+    print(
+        f"model {fast.tag}: optimised backend {fast.backend.name} "
+        f"{getattr(fast.backend, 'precision', 'fp32')}; threads {args.threads}; torch {torch.__version__}"
+    )
     for name, sentences in workloads.items():
         gflop = gflop_per_sentence(fast.encoder.tokenizer, sentences, cfg.hidden_size, cfg.num_hidden_layers)
         ntok = [len(fast.encoder.tokenizer.encode(s).ids) for s in sentences]
-        print(f"\nworkload {name}: {len(sentences)} sentences, tokens {min(ntok)}-{max(ntok)} (mean {sum(ntok) / len(ntok):.1f}), "
-              f"{gflop:.3f} GFLOP/sentence, int8 ceiling {INT8_PEAK_GOPS / gflop:.0f} sentences/s")
+        print(
+            f"\nworkload {name}: {len(sentences)} sentences, tokens {min(ntok)}-{max(ntok)} (mean {sum(ntok) / len(ntok):.1f}), "
+            f"{gflop:.3f} GFLOP/sentence, int8 ceiling {INT8_PEAK_GOPS / gflop:.0f} sentences/s"
+        )
         rows = []
         with torch.inference_mode():
             rows.append(("pipeline, one at a time", timed(lambda xs: [pipe(x) for x in xs], sentences[: args.naive_n])))
             rows.append(("pipeline, batch_size=32", timed(lambda xs: pipe(xs, batch_size=32), sentences)))
         rows.append(("ours, torch fp32 (sorted batches)", timed(lambda xs: ref.predict_arrays(xs), sentences)))
         if plain is not None:
-            rows.append((f"plain OpenVINO {fast.backend.precision}, sorted batches of 32",
-                         timed(lambda xs: plain.predict_arrays(xs), sentences)))
+            rows.append(
+                (
+                    f"plain OpenVINO {fast.backend.precision}, sorted batches of 32",
+                    timed(lambda xs: plain.predict_arrays(xs), sentences),
+                )
+            )
         label = f"ours, {fast.backend.name} {getattr(fast.backend, 'precision', 'fp32')} (default path)"
         rows.append((label, timed(lambda xs: fast.predict_arrays(xs), sentences)))
-        rows.append(("stancewatch score, fresh process (load incl.)", whole_process(fast.folder, sentences, args.threads)))
+        rows.append(
+            ("stancewatch score, fresh process (load incl.)", whole_process(fast.folder, sentences, args.threads))
+        )
         naive = rows[0][1]
         print(f"{'variant':45s} {'sent/s':>8s} {'x naive':>8s} {'% int8 roofline':>16s}")
         for label, rate in rows:
             print(f"{label:45s} {rate:8.1f} {rate / naive:8.2f} {100 * rate * gflop / INT8_PEAK_GOPS:15.1f}%")
         if name == "long":
             marks = shape_churn_rss(fast, sentences)
-            print(f"resident memory during 600 batches of random shapes ({fast.backend.name}): "
-                  + ", ".join(f"{m:.0f} MB" for m in marks) + " (after 50, 200, 400, 600)")
+            print(
+                f"resident memory during 600 batches of random shapes ({fast.backend.name}): "
+                + ", ".join(f"{m:.0f} MB" for m in marks)
+                + " (after 50, 200, 400, 600)"
+            )
 
     print("\nfresh process: import, load, first prediction, peak RSS")
     for backend in ("torch", fast.backend.name):
         r = startup(fast.folder, backend)
-        print(f"  {backend:9s} import {r['import_s']:.2f} s, load {r['load_s']:.2f} s, first predict "
-              f"{r['first_predict_s']:.3f} s, peak RSS {r['peak_rss_mb']:.0f} MB, torch imported: {r['torch_imported']}, "
-              f"transformers imported: {r['transformers_imported']}")
+        print(
+            f"  {backend:9s} import {r['import_s']:.2f} s, load {r['load_s']:.2f} s, first predict "
+            f"{r['first_predict_s']:.3f} s, peak RSS {r['peak_rss_mb']:.0f} MB, torch imported: {r['torch_imported']}, "
+            f"transformers imported: {r['transformers_imported']}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ reported as truncated.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -54,7 +54,7 @@ class InputEncoder:
             self.pad_id = 0
 
     @classmethod
-    def from_folder(cls, folder: str | Path, max_length: int) -> "InputEncoder":
+    def from_folder(cls, folder: str | Path, max_length: int) -> InputEncoder:
         return cls(Tokenizer.from_file(str(Path(folder) / "tokenizer.json")), max_length)
 
     def encode(self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[Encoded]:

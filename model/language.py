@@ -29,10 +29,29 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
-CANDIDATES = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "tr", "id", "vi", "tl",
-              "zh", "ja", "ko", "ru", "ar", "hi", "th")
+CANDIDATES = (
+    "en",
+    "de",
+    "fr",
+    "es",
+    "it",
+    "pt",
+    "nl",
+    "pl",
+    "tr",
+    "id",
+    "vi",
+    "tl",
+    "zh",
+    "ja",
+    "ko",
+    "ru",
+    "ar",
+    "hi",
+    "th",
+)
 # A language is recorded as a model's language when at least this share of its training sentences
 # is in it (and at least MIN_SENTENCES of them): stray misdetections do not make a language "supported".
 MIN_SHARE = 0.02

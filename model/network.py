@@ -27,13 +27,13 @@ class StanceNetwork(nn.Module):
         self._takes_type_ids = "token_type_ids" in inspect.signature(encoder.forward).parameters
 
     @classmethod
-    def from_base(cls, base_path: str | Path, head_sizes: list[int], dropout: float = 0.1) -> "StanceNetwork":
+    def from_base(cls, base_path: str | Path, head_sizes: list[int], dropout: float = 0.1) -> StanceNetwork:
         """Start from a local pretrained encoder folder (never the network: local files only)."""
         encoder = AutoModel.from_pretrained(str(base_path), local_files_only=True)
         return cls(encoder, head_sizes, dropout)
 
     @classmethod
-    def from_config(cls, folder: str | Path, head_sizes: list[int]) -> "StanceNetwork":
+    def from_config(cls, folder: str | Path, head_sizes: list[int]) -> StanceNetwork:
         """An untrained network with the architecture saved in `folder` (weights loaded later)."""
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
         return cls(AutoModel.from_config(config), head_sizes)

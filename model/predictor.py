@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +96,9 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def split_softmax(logits: np.ndarray, head_sizes: Sequence[int], temperatures: Sequence[float] | None = None) -> list[np.ndarray]:
+def split_softmax(
+    logits: np.ndarray, head_sizes: Sequence[int], temperatures: Sequence[float] | None = None
+) -> list[np.ndarray]:
     """Per-head probabilities from the concatenated logits of all heads, each head at its temperature."""
     probs, start = [], 0
     for i, size in enumerate(head_sizes):
@@ -176,7 +179,9 @@ class TorchBackend:
         # Some encoders keep non-persistent buffers (position ids) out of the state dict.
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
-            raise ValueError(f"{folder}: weights do not match the architecture (missing {missing}, unexpected {unexpected})")
+            raise ValueError(
+                f"{folder}: weights do not match the architecture (missing {missing}, unexpected {unexpected})"
+            )
         self.network.eval()
 
     def thread_init(self) -> None:
@@ -233,7 +238,7 @@ class StanceModel:
         return TorchBackend(self.folder, self.head_sizes, self.threads)
 
     @classmethod
-    def load(cls, ref: str | Path | None = None, backend: str = "auto", threads: int | None = None) -> "StanceModel":
+    def load(cls, ref: str | Path | None = None, backend: str = "auto", threads: int | None = None) -> StanceModel:
         """Load from an artefact folder, or from the model store by tag (default: production, else latest)."""
         if ref is not None and Path(ref).is_dir() and (Path(ref) / SETTINGS_FILE).exists():
             return cls(Path(ref), backend=backend, threads=threads)
@@ -305,8 +310,9 @@ class StanceModel:
         if len(keep) == len(sentences):
             probs, truncated = self.predict_arrays(sentences, contexts)
         else:
-            part, part_trunc = self.predict_arrays([sentences[i] for i in keep],
-                                                   None if contexts is None else [contexts[i] for i in keep])
+            part, part_trunc = self.predict_arrays(
+                [sentences[i] for i in keep], None if contexts is None else [contexts[i] for i in keep]
+            )
             probs = [np.full((len(sentences), size), np.nan, dtype=np.float32) for size in self.head_sizes]
             truncated = [False] * len(sentences)
             for full, p in zip(probs, part):
@@ -327,9 +333,20 @@ class StanceModel:
             for target, p in zip(self.schema.targets, r.probs):
                 row = p[i]
                 stances[target.name] = (
-                    TargetStance(label=target.labels[int(row.argmax())],
-                                 probs={lab: round(float(v), 6) for lab, v in zip(target.labels, row)})
-                    if r.supported[i] else TargetStance(label=None, probs=None))
-            results.append(Prediction(text=text, truncated=r.truncated[i], stances=stances,
-                                      language=r.language[i], supported=r.supported[i]))
+                    TargetStance(
+                        label=target.labels[int(row.argmax())],
+                        probs={lab: round(float(v), 6) for lab, v in zip(target.labels, row)},
+                    )
+                    if r.supported[i]
+                    else TargetStance(label=None, probs=None)
+                )
+            results.append(
+                Prediction(
+                    text=text,
+                    truncated=r.truncated[i],
+                    stances=stances,
+                    language=r.language[i],
+                    supported=r.supported[i],
+                )
+            )
         return results

@@ -7,9 +7,10 @@ evaluation, the predictor, the service, batch scoring) asks a `Schema` instead o
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 
@@ -91,7 +92,7 @@ class Schema:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Schema":
+    def from_dict(cls, data: Mapping[str, Any]) -> Schema:
         if not isinstance(data, Mapping) or "targets" not in data:
             raise SchemaError("a schema must be a mapping with a 'targets' list")
         targets = []
@@ -122,7 +123,7 @@ class Schema:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> "Schema":
+    def load(cls, path: str | Path) -> Schema:
         path = Path(path)
         text = path.read_text(encoding="utf-8")
         try:
@@ -138,7 +139,7 @@ class Schema:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def infer(cls, pairs: Iterable[tuple[str, str]]) -> "Schema":
+    def infer(cls, pairs: Iterable[tuple[str, str]]) -> Schema:
         """Build a schema from observed (target, label) pairs, in a stable order."""
         found: dict[str, set[str]] = {}
         for target, label in pairs:

@@ -7,9 +7,8 @@ sentence maps back to `document[start:end]` exactly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import re
+from dataclasses import dataclass
 
 import syntok.segmenter as segmenter
 

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ def _clean(value: Any) -> Any:
 
 def save_version(artifact_dir: str | Path, metadata: dict[str, Any], labels: dict[str, str] | None = None) -> str:
     """Copy a finished artefact folder into a new model version; return its tag."""
-    metadata = _clean({**metadata, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    metadata = _clean({**metadata, "created_at": datetime.now(UTC).isoformat(timespec="seconds")})
     with bentoml.models.create(MODEL_NAME, metadata=metadata, labels=labels or {}) as ref:
         shutil.copytree(artifact_dir, ref.path, dirs_exist_ok=True)
     return str(ref.tag)
@@ -117,7 +117,7 @@ def promote(tag: str) -> str:
         if data.get("tag") and data["tag"] != full:
             data.setdefault("history", []).append(data["tag"])
         data["tag"] = full
-        data["promoted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        data["promoted_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         _write_pointer(data)
     return full
 
@@ -141,10 +141,11 @@ def rollback() -> str:
             raise ModelNotFound(
                 f"cannot roll back: the previous production version {previous!r} is no longer in the store at "
                 f"{bentoml_home()} (deleted?); production stays {data.get('tag')!r}. Promote a version that exists "
-                f"with `stancewatch models promote TAG` (newest: {known})") from None
+                f"with `stancewatch models promote TAG` (newest: {known})"
+            ) from None
         history.pop()
         data["tag"] = previous
-        data["promoted_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        data["promoted_at"] = datetime.now(UTC).isoformat(timespec="seconds")
         _write_pointer(data)
     return previous
 

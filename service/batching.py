@@ -28,7 +28,8 @@ import asyncio
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class _Job:
@@ -71,9 +72,15 @@ class MicroBatcher:
     was submitted with.
     """
 
-    def __init__(self, fn: Callable[..., Sequence[Any]], max_items: int = 64,
-                 thread_init: Callable[[], None] | None = None, name: str = "micro-batcher",
-                 gather_ms: float = 0.0, keyed: bool = False):
+    def __init__(
+        self,
+        fn: Callable[..., Sequence[Any]],
+        max_items: int = 64,
+        thread_init: Callable[[], None] | None = None,
+        name: str = "micro-batcher",
+        gather_ms: float = 0.0,
+        keyed: bool = False,
+    ):
         if max_items < 1:
             raise ValueError(f"max_items must be >= 1, got {max_items}")
         self.fn = fn

@@ -14,8 +14,10 @@ from stancewatch import settings
 # Read at import: the limit is part of the OpenAPI schema that BentoML builds from these models.
 MAX_SENTENCES = settings.get("MAX_SENTENCES")
 EXAMPLE_INPUT = {
-    "sentences": ["Tokyo will not retract the prime minister's remarks on Taiwan.",
-                  "Beijing demanded that Japan correct its erroneous statement."],
+    "sentences": [
+        "Tokyo will not retract the prime minister's remarks on Taiwan.",
+        "Beijing demanded that Japan correct its erroneous statement.",
+    ],
 }
 EXAMPLE_DOCUMENT = {"id": "doc-1", "text": "Beijing demanded a retraction. Tokyo said the remarks stand."}
 
@@ -23,7 +25,8 @@ EXAMPLE_DOCUMENT = {"id": "doc-1", "text": "Beijing demanded a retraction. Tokyo
 def invalid(title: str, loc: tuple, kind: str, msg: str, value: Any = None) -> ValidationError:
     """A pydantic ValidationError, which BentoML answers with 400 and the field's location."""
     return ValidationError.from_exception_data(
-        title, [InitErrorDetails(type=PydanticCustomError(kind, msg), loc=loc, input=value)])
+        title, [InitErrorDetails(type=PydanticCustomError(kind, msg), loc=loc, input=value)]
+    )
 
 
 class JSONResult(Response):
@@ -38,8 +41,9 @@ class JSONResult(Response):
 
     def __init__(self, data: dict[str, Any], status_code: int = 200):
         self.data = data
-        super().__init__(json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
-                         status_code=status_code)
+        super().__init__(
+            json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), status_code=status_code
+        )
 
     def model_dump(self, **_: Any) -> dict[str, Any]:
         return self.data
@@ -48,9 +52,22 @@ class JSONResult(Response):
 def too_large(loc: list, kind: str, got: int, limit: int, setting: str, msg: str) -> JSONResult:
     """A 413 refusing a request before any inference, naming the limit and the variable that sets it;
     shaped like the other errors ({"error", "detail": [{"loc", "msg", "type"}]}) plus the figures."""
-    return JSONResult({"error": "payload too large", "detail": [
-        {"loc": loc, "msg": f"{msg} ({setting}={limit})", "type": kind, "got": got, "limit": limit,
-         "setting": setting}]}, status_code=413)
+    return JSONResult(
+        {
+            "error": "payload too large",
+            "detail": [
+                {
+                    "loc": loc,
+                    "msg": f"{msg} ({setting}={limit})",
+                    "type": kind,
+                    "got": got,
+                    "limit": limit,
+                    "setting": setting,
+                }
+            ],
+        },
+        status_code=413,
+    )
 
 
 def _non_blank(text: str) -> str:
@@ -68,8 +85,12 @@ class _Request(BaseModel):
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise invalid(cls.__name__, ("body",), "invalid_utf8",
-                              f"request body is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})")
+                raise invalid(
+                    cls.__name__,
+                    ("body",),
+                    "invalid_utf8",
+                    f"request body is not valid UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start})",
+                ) from None
         try:
             return super().model_validate_json(data, **kwargs)
         except ValidationError as exc:
@@ -82,16 +103,20 @@ class _Request(BaseModel):
 class PredictRequest(_Request):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_INPUT})
     sentences: list[Annotated[str, AfterValidator(_non_blank)]] = Field(
-        min_length=1, max_length=MAX_SENTENCES, description=f"1 to {MAX_SENTENCES} sentences")
+        min_length=1, max_length=MAX_SENTENCES, description=f"1 to {MAX_SENTENCES} sentences"
+    )
     contexts: Optional[list[Optional[str]]] = Field(
-        None, description="The sentence before each sentence (same length as `sentences`); null for none")
+        None, description="The sentence before each sentence (same length as `sentences`); null for none"
+    )
 
     @field_validator("contexts")
     @classmethod
     def _same_length(cls, v, info):
         n = len(info.data.get("sentences") or [])
         if v is not None and "sentences" in info.data and len(v) != n:
-            raise PydanticCustomError("length_mismatch", "got {got} contexts for {n} sentences", {"got": len(v), "n": n})
+            raise PydanticCustomError(
+                "length_mismatch", "got {got} contexts for {n} sentences", {"got": len(v), "n": n}
+            )
         return v
 
 

@@ -17,7 +17,8 @@ import asyncio
 import hmac
 import json
 import logging
-from typing import Any, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -33,12 +34,23 @@ WATCHED_METHODS = frozenset({"POST", "PUT", "PATCH"})
 logger = logging.getLogger("stancewatch.service")
 
 
-async def send_error(send: Send, status: int, error: str, loc: list[str], msg: str, kind: str,
-                     headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+async def send_error(
+    send: Send,
+    status: int,
+    error: str,
+    loc: list[str],
+    msg: str,
+    kind: str,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
     body = json.dumps({"error": error, "detail": [{"loc": loc, "msg": msg, "type": kind}]}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -62,9 +74,15 @@ class GuardMiddleware:
             scheme, _, token = auth.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
                 problem = "missing" if not auth else "invalid"
-                return await send_error(send, 401, "unauthorized", ["header", "Authorization"],
-                                        f"{problem} API key: send 'Authorization: Bearer <key>'",
-                                        f"{problem}_api_key", [(b"www-authenticate", b"Bearer")])
+                return await send_error(
+                    send,
+                    401,
+                    "unauthorized",
+                    ["header", "Authorization"],
+                    f"{problem} API key: send 'Authorization: Bearer <key>'",
+                    f"{problem}_api_key",
+                    [(b"www-authenticate", b"Bearer")],
+                )
         limit = self.max_body_bytes
         too_large = f"request body exceeds the limit of {limit} bytes (STANCEWATCH_MAX_BODY_BYTES)"
         length = headers.get(b"content-length")
@@ -72,8 +90,14 @@ class GuardMiddleware:
             try:
                 declared = int(length)
             except ValueError:
-                return await send_error(send, 400, "bad request", ["header", "Content-Length"],
-                                        "Content-Length is not a number", "invalid_header")
+                return await send_error(
+                    send,
+                    400,
+                    "bad request",
+                    ["header", "Content-Length"],
+                    "Content-Length is not a number",
+                    "invalid_header",
+                )
             if declared > limit:  # refused before a byte of the body is read
                 return await send_error(send, 413, "payload too large", ["body"], too_large, "body_too_large")
             if scope.get("method") in WATCHED_METHODS:
@@ -154,20 +178,30 @@ class GuardMiddleware:
                 # ($STANCEWATCH_SHUTDOWN_GRACE_S). Tell the client if the connection still can.
                 if not state["started"]:
                     try:
-                        await send_error(send, 503, "service unavailable", [], "the server is shutting down and "
-                                         "this request ran past the grace period (STANCEWATCH_SHUTDOWN_GRACE_S); "
-                                         "send it again", "shutting_down", [(b"connection", b"close")])
+                        await send_error(
+                            send,
+                            503,
+                            "service unavailable",
+                            [],
+                            "the server is shutting down and "
+                            "this request ran past the grace period (STANCEWATCH_SHUTDOWN_GRACE_S); "
+                            "send it again",
+                            "shutting_down",
+                            [(b"connection", b"close")],
+                        )
                     except Exception:  # noqa: BLE001 - the connection may be gone already
                         pass
                 raise
             task.uncancel()
-            logger.info("client disconnected from %s %s; its remaining work was dropped",
-                        scope.get("method"), scope.get("path"))
+            logger.info(
+                "client disconnected from %s %s; its remaining work was dropped", scope.get("method"), scope.get("path")
+            )
             # Nobody reads this (uvicorn drops writes to a closed connection), but an answer lets
             # BentoML's timeout middleware, which waits for the first `send`, finish now and not at
             # the traffic timeout; 499 is nginx's "client closed request", so the access log says so.
             if not state["started"]:
-                await send_error(send, 499, "client closed request", [], "the client disconnected",
-                                 "client_disconnected")
+                await send_error(
+                    send, 499, "client closed request", [], "the client disconnected", "client_disconnected"
+                )
         finally:
             watcher.cancel()

@@ -28,8 +28,7 @@ BACKOFF_CAP_S = 600.0
 
 
 class ProductionWatcher:
-    def __init__(self, service, interval: float, clock: Callable[[], float] = time.monotonic,
-                 start: bool = True):
+    def __init__(self, service, interval: float, clock: Callable[[], float] = time.monotonic, start: bool = True):
         self.service = service
         self.interval = interval
         self.clock = clock
@@ -43,8 +42,9 @@ class ProductionWatcher:
     def _load(self, tag: str):
         from stancewatch.model.predictor import StanceModel
 
-        return StanceModel(Path(store.get(tag).path), backend=self.service.backend_choice,
-                           threads=self.service.model.threads, tag=tag)
+        return StanceModel(
+            Path(store.get(tag).path), backend=self.service.backend_choice, threads=self.service.model.threads, tag=tag
+        )
 
     def check_once(self) -> bool:
         """Swap in the production version if it changed; True when a swap happened."""
@@ -64,11 +64,16 @@ class ProductionWatcher:
             model = self._load(tag)
         except Exception:  # keep serving the current model
             failures += 1
-            delay = min(BACKOFF_CAP_S, max(self.interval, 1.0) * 2 ** failures)
+            delay = min(BACKOFF_CAP_S, max(self.interval, 1.0) * 2**failures)
             self.failed = (tag, failures, self.clock() + delay)
-            logger.exception("could not load new production version %s (failure %d); still serving %s; "
-                             "next try in %.0f s, or at once if another version is promoted",
-                             tag, failures, self.service.tag, delay)
+            logger.exception(
+                "could not load new production version %s (failure %d); still serving %s; "
+                "next try in %.0f s, or at once if another version is promoted",
+                tag,
+                failures,
+                self.service.tag,
+                delay,
+            )
             return False
         self.failed = None
         self.service.swap_model(model)

@@ -13,8 +13,9 @@ limit in the OpenAPI schema) is read when service/service.py is imported.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from typing import Any
 
 PREFIX = "STANCEWATCH_"
 
@@ -86,52 +87,125 @@ _PARSERS: dict[str, Callable[[Variable, str], Any]] = {
 
 VARIABLES: tuple[Variable, ...] = (
     # Which model and how it runs
-    Variable("MODEL", "str", None, "Tag to serve or score with (pins it: no hot reload); default production, else latest.",
-             used_by="service, score"),
-    Variable("BACKEND", "choice", "auto", "Inference runtime: auto picks the model's recorded best.",
-             choices=("auto", "torch", "openvino"), used_by="service"),
-    Variable("THREADS", "int", None, "Inference threads (default: the CPUs this process may use, split between workers).",
-             minimum=1, used_by="service, score, Ray actors"),
-    Variable("OV_SHAPE_CACHE", "int", 200, "OpenVINO compiled shapes kept per model (each costs memory).",
-             minimum=1, used_by="OpenVINO runtime"),
+    Variable(
+        "MODEL",
+        "str",
+        None,
+        "Tag to serve or score with (pins it: no hot reload); default production, else latest.",
+        used_by="service, score",
+    ),
+    Variable(
+        "BACKEND",
+        "choice",
+        "auto",
+        "Inference runtime: auto picks the model's recorded best.",
+        choices=("auto", "torch", "openvino"),
+        used_by="service",
+    ),
+    Variable(
+        "THREADS",
+        "int",
+        None,
+        "Inference threads (default: the CPUs this process may use, split between workers).",
+        minimum=1,
+        used_by="service, score, Ray actors",
+    ),
+    Variable(
+        "OV_SHAPE_CACHE",
+        "int",
+        200,
+        "OpenVINO compiled shapes kept per model (each costs memory).",
+        minimum=1,
+        used_by="OpenVINO runtime",
+    ),
     # HTTP service
-    Variable("WORKERS", "int", 1, "Service worker processes (each holds a copy of the model).", minimum=1,
-             used_by="service"),
-    Variable("MAX_SENTENCES", "int", 256, "Sentences per POST /predict request (more: 400).", minimum=1,
-             used_by="service"),
-    Variable("MAX_DOC_SENTENCES", "int", 2000, "Sentences per POST /predict_document document (more: 413).",
-             minimum=1, used_by="service"),
+    Variable(
+        "WORKERS", "int", 1, "Service worker processes (each holds a copy of the model).", minimum=1, used_by="service"
+    ),
+    Variable(
+        "MAX_SENTENCES", "int", 256, "Sentences per POST /predict request (more: 400).", minimum=1, used_by="service"
+    ),
+    Variable(
+        "MAX_DOC_SENTENCES",
+        "int",
+        2000,
+        "Sentences per POST /predict_document document (more: 413).",
+        minimum=1,
+        used_by="service",
+    ),
     # 128,000: a document at the sentence limit of news sentences (the bundled corpus: 60 tokens per
     # sentence with its context) fits (~120,000); 2,000 sentences at the 128-token maximum (256,000) do not.
-    Variable("MAX_TOKENS", "int", 128_000, "Model input tokens per request (sentence + context, after truncation to the model's maximum length; more: 413).",
-             minimum=1, used_by="service"),
+    Variable(
+        "MAX_TOKENS",
+        "int",
+        128_000,
+        "Model input tokens per request (sentence + context, after truncation to the model's maximum length; more: 413).",
+        minimum=1,
+        used_by="service",
+    ),
     Variable("MAX_BODY_BYTES", "int", 1_000_000, "Request body bytes (more: 413).", minimum=1, used_by="service"),
-    Variable("BATCH_ITEMS", "int", 64, "Sentences per inference batch of the micro-batcher.", minimum=1,
-             used_by="service"),
-    Variable("GATHER_MS", "float", 2.0, "Under load, how long the batcher waits to fill a batch (ms).", minimum=0,
-             used_by="service"),
+    Variable(
+        "BATCH_ITEMS", "int", 64, "Sentences per inference batch of the micro-batcher.", minimum=1, used_by="service"
+    ),
+    Variable(
+        "GATHER_MS",
+        "float",
+        2.0,
+        "Under load, how long the batcher waits to fill a batch (ms).",
+        minimum=0,
+        used_by="service",
+    ),
     # 0.005 (Python's own): 0.0005 made no difference with MiniLM and cost the tiny test model, whose inference is
     # mostly Python, 25-40% of served throughput (bench/serve.py, busy 2-core box: 203 -> 272 req/s single sentences).
-    Variable("SWITCH_INTERVAL_S", "float", 0.005, "Python's thread switch interval in the service (s).", minimum=1e-6,
-             used_by="service"),
-    Variable("RELOAD_SECONDS", "float", 10.0, "Seconds between checks of the production pointer (0: never reload).",
-             minimum=0, used_by="service"),
-    Variable("SHUTDOWN_GRACE_S", "int", 5, "On SIGTERM, seconds in-flight requests get to finish before they are cancelled (503).",
-             minimum=1, used_by="stancewatch serve"),
+    Variable(
+        "SWITCH_INTERVAL_S",
+        "float",
+        0.005,
+        "Python's thread switch interval in the service (s).",
+        minimum=1e-6,
+        used_by="service",
+    ),
+    Variable(
+        "RELOAD_SECONDS",
+        "float",
+        10.0,
+        "Seconds between checks of the production pointer (0: never reload).",
+        minimum=0,
+        used_by="service",
+    ),
+    Variable(
+        "SHUTDOWN_GRACE_S",
+        "int",
+        5,
+        "On SIGTERM, seconds in-flight requests get to finish before they are cancelled (503).",
+        minimum=1,
+        used_by="stancewatch serve",
+    ),
     Variable("ACCESS_LOG", "bool", True, "One log line per request (BentoML's access log).", used_by="service"),
-    Variable("API_KEY", "str", None, "When set, prediction endpoints need `Authorization: Bearer <key>`.",
-             used_by="service"),
+    Variable(
+        "API_KEY", "str", None, "When set, prediction endpoints need `Authorization: Bearer <key>`.", used_by="service"
+    ),
     # Training and benchmarks
-    Variable("DATASETS_CACHE", "str", None, "Cache folder for the datasets library while loading training data.",
-             used_by="train"),
-    Variable("SHARED_DATA", "str", None, "Folder of the public stance datasets (default ../shared/data).",
-             used_by="bench, tests"),
+    Variable(
+        "DATASETS_CACHE",
+        "str",
+        None,
+        "Cache folder for the datasets library while loading training data.",
+        used_by="train",
+    ),
+    Variable(
+        "SHARED_DATA",
+        "str",
+        None,
+        "Folder of the public stance datasets (default ../shared/data).",
+        used_by="bench, tests",
+    ),
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 
 
 def variable(name: str) -> Variable:
-    key = name[len(PREFIX):] if name.startswith(PREFIX) else name
+    key = name[len(PREFIX) :] if name.startswith(PREFIX) else name
     try:
         return _BY_NAME[key.upper()]
     except KeyError:
@@ -178,14 +252,23 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 def unknown(environ: Mapping[str, str] | None = None) -> list[str]:
     """STANCEWATCH_* names that are set but mean nothing (most often a typo)."""
     env = os.environ if environ is None else environ
-    return sorted(k for k in env if k.startswith(PREFIX) and k[len(PREFIX):] not in _BY_NAME)
+    return sorted(k for k in env if k.startswith(PREFIX) and k[len(PREFIX) :] not in _BY_NAME)
 
 
 def markdown_table() -> str:
     rows = ["| Variable | Default | Allowed | Used by | What it does |", "|---|---|---|---|---|"]
     for v in VARIABLES:
-        default = "unset" if v.default is None else (str(v.default).lower() if v.kind == "bool" else f"{v.default:,}"
-                                                     if isinstance(v.default, int) else str(v.default))
+        default = (
+            "unset"
+            if v.default is None
+            else (
+                str(v.default).lower()
+                if v.kind == "bool"
+                else f"{v.default:,}"
+                if isinstance(v.default, int)
+                else str(v.default)
+            )
+        )
         rows.append(f"| `{v.env}` | {default} | {v.allowed()} | {v.used_by} | {v.doc} |")
     return "\n".join(rows)
 

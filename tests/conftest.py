@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -65,8 +66,14 @@ def tiny_base(tmp_path_factory, minilm_path) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (minilm_path / name).exists():
@@ -94,7 +101,22 @@ def tiny_model(tiny_base, tiny_csv):
     from stancewatch.training.train import train
 
     data = load_labelled([tiny_csv])
-    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64,
-                      optimise=False)
+    cfg = TrainConfig(
+        base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64, optimise=False
+    )
     result = train(data, cfg, progress=False, promote="always")
     return result
+
+
+@pytest.fixture
+def restore_production():
+    """Put the production pointer (and its history) back as it was before the test."""
+    from stancewatch.model import store
+
+    path = store._pointer_path()
+    saved = path.read_text(encoding="utf-8") if path.exists() else None
+    yield
+    if saved is None:
+        path.unlink(missing_ok=True)
+    else:
+        store._write_pointer(json.loads(saved))

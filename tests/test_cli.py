@@ -2,8 +2,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from stancewatch.model import store
 from stancewatch.cli import app
+from stancewatch.model import store
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
@@ -11,24 +11,57 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_train_rejects_bad_data_before_training(tmp_path, tiny_base, tiny_model):
     bad = tmp_path / "bad.csv"
-    bad.write_text("text,taiwan_policy,external_pressure\nGood.,favor,none\n,favor,none\nOk.,maybe,none\n", encoding="utf-8")
+    bad.write_text(
+        "text,taiwan_policy,external_pressure\nGood.,favor,none\n,favor,none\nOk.,maybe,none\n", encoding="utf-8"
+    )
     before = {str(m.tag) for m in store.list_versions()}
     result = runner.invoke(app, ["train", "--data", str(bad), "--base-model", str(tiny_base), "--max-steps", "1"])
     assert result.exit_code == 2
     out = result.output
     assert "bad.csv: row 2: text: empty text" in out
-    assert "bad.csv: row 3: label: unknown label 'maybe' for target 'taiwan_policy'; allowed: favor, against, none" in out
+    assert (
+        "bad.csv: row 3: label: unknown label 'maybe' for target 'taiwan_policy'; allowed: favor, against, none" in out
+    )
     assert {str(m.tag) for m in store.list_versions()} == before  # no model written
 
 
 def test_train_prints_tag_metrics_and_inferred_schema(tmp_path, tiny_base, tiny_model):
     p = tmp_path / "semeval_like.csv"
-    rows = ["text,target,label"] + [f"Tweet number {i} about things.,{t},{lab}" for i, (t, lab) in
-                                    enumerate([("Atheism", "favor"), ("Atheism", "against"), ("Atheism", "none"),
-                                               ("Climate", "favor"), ("Climate", "against"), ("Climate", "none")] * 2)]
+    rows = ["text,target,label"] + [
+        f"Tweet number {i} about things.,{t},{lab}"
+        for i, (t, lab) in enumerate(
+            [
+                ("Atheism", "favor"),
+                ("Atheism", "against"),
+                ("Atheism", "none"),
+                ("Climate", "favor"),
+                ("Climate", "against"),
+                ("Climate", "none"),
+            ]
+            * 2
+        )
+    ]
     p.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    result = runner.invoke(app, ["train", "--data", str(p), "--base-model", str(tiny_base), "--max-steps", "2",
-                                 "--epochs", "1", "--promote", "never", "--members", "2", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(p),
+            "--base-model",
+            str(tiny_base),
+            "--max-steps",
+            "2",
+            "--epochs",
+            "1",
+            "--promote",
+            "never",
+            "--members",
+            "2",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "schema inferred from the data:" in result.output
     assert "target Atheism: labels favor, against, none" in result.output
@@ -54,7 +87,9 @@ def test_predict_table_and_document(tiny_model):
 
 
 def test_eval_and_models_commands(tiny_model, tiny_csv, tmp_path):
-    result = runner.invoke(app, ["eval", "--data", str(tiny_csv), "--model", tiny_model.tag, "--out", str(tmp_path / "r")])
+    result = runner.invoke(
+        app, ["eval", "--data", str(tiny_csv), "--model", tiny_model.tag, "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r" / "report.md").exists() and (tmp_path / "r" / "confusion_taiwan_policy.png").exists()
     result = runner.invoke(app, ["models", "list"])
@@ -77,11 +112,29 @@ def test_merge_retrains_on_production_data_and_lists_overrides(tmp_path, tiny_ba
     prod = store.resolve(None)
     assert (Path(prod.path) / "data" / "train.jsonl").exists()
     new = tmp_path / "new.csv"
-    new.write_text("text,context,taiwan_policy,external_pressure\n"
-                   "The remarks were reckless and must be withdrawn.,,against,favor\n"
-                   "A completely new sentence about tariffs.,,none,none\n", encoding="utf-8")
-    result = runner.invoke(app, ["train", "--merge", "--data", str(new), "--base-model", str(tiny_base),
-                                 "--max-steps", "1", "--epochs", "1", "--promote", "never"])
+    new.write_text(
+        "text,context,taiwan_policy,external_pressure\n"
+        "The remarks were reckless and must be withdrawn.,,against,favor\n"
+        "A completely new sentence about tariffs.,,none,none\n",
+        encoding="utf-8",
+    )
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--merge",
+            "--data",
+            str(new),
+            "--base-model",
+            str(tiny_base),
+            "--max-steps",
+            "1",
+            "--epochs",
+            "1",
+            "--promote",
+            "never",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "overridden: external_pressure: 'The remarks were reckless" in result.output
     assert "was 'none', now 'favor'" in result.output
@@ -112,7 +165,7 @@ def test_first_start_trains_the_quick_recipe_then_the_full_one_in_the_background
     result = runner.invoke(app, ["init"])
     assert result.exit_code == 0, result.output
     assert [c["epochs"] for c in calls] == [FIRST_START["epochs"]]
-    (args, kwargs), = started
+    ((args, kwargs),) = started
     assert args[:3] == ["nice", "-n", "10"] and args[-1] == "train" and kwargs["start_new_session"]
     assert (tmp_path / "empty-store" / "stancewatch-full-training.pid").read_text().strip() == "424242"
     assert "PID 424242" in result.output

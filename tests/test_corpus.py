@@ -56,8 +56,12 @@ def test_kappa_on_a_hand_computed_case(tmp_path):
     src.write_text(ARTICLES, encoding="utf-8")
     arts = corpus.parse_articles(src)
     # Second pass: agrees on taiwan_policy everywhere, disagrees on one external_pressure label.
-    second = {("X-01", 0): ("none", "none"), ("X-01", 1): ("favor", "none"), ("X-01", 2): ("against", "favor"),
-              ("X-02", 0): ("none", "none")}
+    second = {
+        ("X-01", 0): ("none", "none"),
+        ("X-01", 1): ("favor", "none"),
+        ("X-01", 2): ("against", "favor"),
+        ("X-02", 0): ("none", "none"),
+    }
     result = corpus.agreement(arts, second)
     assert result["targets"]["taiwan_policy"]["kappa"] == pytest.approx(1.0)
     # external_pressure: first N A F N, second N N F N -> p_o = 3/4; p_e = (2*3 + 1*0 + 1*1)/16 = 7/16
@@ -90,8 +94,9 @@ def _articles(path):
     return rows, by_doc
 
 
-@pytest.mark.parametrize("path, min_articles, min_sentences", [(DATA_DIR / "news_train.csv", 150, 3000),
-                                                               (NEWS_TEST, 40, 800)])
+@pytest.mark.parametrize(
+    "path, min_articles, min_sentences", [(DATA_DIR / "news_train.csv", 150, 3000), (NEWS_TEST, 40, 800)]
+)
 def test_shipped_news_corpus_is_whole_articles_in_the_shares_asked_for(path, min_articles, min_sentences):
     rows, by_doc = _articles(path)
     assert len(by_doc) >= min_articles and len(rows) >= min_sentences

@@ -19,10 +19,14 @@ def problems_of(exc):
 
 
 def test_wide_format_with_partial_labels(tmp_path):
-    p = write_csv(tmp_path / "w.csv", ["text", "context", "taiwan_policy", "external_pressure"], [
-        ["Sentence one.", "", "favor", ""],
-        ["Sentence two.", "Before.", "", "against"],
-    ])
+    p = write_csv(
+        tmp_path / "w.csv",
+        ["text", "context", "taiwan_policy", "external_pressure"],
+        [
+            ["Sentence one.", "", "favor", ""],
+            ["Sentence two.", "Before.", "", "against"],
+        ],
+    )
     d = load_labelled([p])
     assert d.schema.target_names == ["taiwan_policy", "external_pressure"]
     assert [e.labels for e in d.examples] == [{"taiwan_policy": "favor"}, {"external_pressure": "against"}]
@@ -31,12 +35,16 @@ def test_wide_format_with_partial_labels(tmp_path):
 
 
 def test_long_format_merges_targets_and_infers_other_schemas(tmp_path):
-    p = write_csv(tmp_path / "l.csv", ["text", "target", "label"], [
-        ["Climate change is real.", "Climate", "FAVOR"],
-        ["Climate change is real.", "Atheism", "none"],
-        ["God exists.", "Atheism", "against"],
-        ["Warming is a hoax.", "Climate", "against"],
-    ])
+    p = write_csv(
+        tmp_path / "l.csv",
+        ["text", "target", "label"],
+        [
+            ["Climate change is real.", "Climate", "FAVOR"],
+            ["Climate change is real.", "Atheism", "none"],
+            ["God exists.", "Atheism", "against"],
+            ["Warming is a hoax.", "Climate", "against"],
+        ],
+    )
     d = load_labelled([p])
     assert d.report.schema_inferred
     assert d.schema.target_names == ["Atheism", "Climate"]
@@ -46,13 +54,17 @@ def test_long_format_merges_targets_and_infers_other_schemas(tmp_path):
 
 
 def test_every_problem_is_reported_with_row_field_and_allowed_values(tmp_path):
-    p = write_csv(tmp_path / "bad.csv", ["text", "context", "taiwan_policy", "external_pressure"], [
-        ["Fine sentence.", "", "favor", "none"],          # row 1
-        ["   ", "", "favor", "none"],                      # row 2: empty text
-        ["Another one.", "", "favour", "none"],            # row 3: unknown label
-        ["Third one.", "", "", ""],                         # row 4: no label at all
-        ["Fine sentence.", "", "against", "none"],         # row 5: conflicts with row 1
-    ])
+    p = write_csv(
+        tmp_path / "bad.csv",
+        ["text", "context", "taiwan_policy", "external_pressure"],
+        [
+            ["Fine sentence.", "", "favor", "none"],  # row 1
+            ["   ", "", "favor", "none"],  # row 2: empty text
+            ["Another one.", "", "favour", "none"],  # row 3: unknown label
+            ["Third one.", "", "", ""],  # row 4: no label at all
+            ["Fine sentence.", "", "against", "none"],  # row 5: conflicts with row 1
+        ],
+    )
     with pytest.raises(DataValidationError) as exc:
         load_labelled([p])
     got = problems_of(exc)
@@ -73,7 +85,9 @@ def test_every_problem_is_reported_with_row_field_and_allowed_values(tmp_path):
 def test_unknown_target_against_a_given_schema(tmp_path):
     from stancewatch.model.schema import default_schema
 
-    p = write_csv(tmp_path / "l.csv", ["text", "target", "label"], [["A.", "taiwan_policy", "none"], ["B.", "economy", "favor"]])
+    p = write_csv(
+        tmp_path / "l.csv", ["text", "target", "label"], [["A.", "taiwan_policy", "none"], ["B.", "economy", "favor"]]
+    )
     with pytest.raises(DataValidationError) as exc:
         load_labelled([p], schema=default_schema())
     assert problems_of(exc) == [(2, "target", "unknown target 'economy'; allowed: taiwan_policy, external_pressure")]
@@ -89,8 +103,11 @@ def test_missing_columns(tmp_path):
 
 
 def test_conflicts_can_be_dropped_and_are_listed(tmp_path):
-    p = write_csv(tmp_path / "c.csv", ["text", "taiwan_policy", "external_pressure"], [
-        ["Same text.", "favor", "none"], ["Same text.", "against", "none"], ["Other.", "none", "none"]])
+    p = write_csv(
+        tmp_path / "c.csv",
+        ["text", "taiwan_policy", "external_pressure"],
+        [["Same text.", "favor", "none"], ["Same text.", "against", "none"], ["Other.", "none", "none"]],
+    )
     d = load_labelled([p], drop_conflicts=True)
     assert len(d.report.conflicts_dropped) == 1 and "taiwan_policy" in d.report.conflicts_dropped[0]
     same = [e for e in d.examples if e.text == "Same text."][0]
@@ -98,8 +115,11 @@ def test_conflicts_can_be_dropped_and_are_listed(tmp_path):
 
 
 def test_exact_duplicates_are_dropped_and_counted(tmp_path):
-    p = write_csv(tmp_path / "d.csv", ["text", "taiwan_policy", "external_pressure"], [
-        ["Dup.", "favor", "none"], ["Dup.", "favor", "none"], ["Other.", "none", "none"]])
+    p = write_csv(
+        tmp_path / "d.csv",
+        ["text", "taiwan_policy", "external_pressure"],
+        [["Dup.", "favor", "none"], ["Dup.", "favor", "none"], ["Other.", "none", "none"]],
+    )
     d = load_labelled([p])
     assert len(d.examples) == 2
     assert d.report.duplicates_dropped == 2  # one row, two targets
@@ -118,8 +138,10 @@ def test_jsonl_and_parquet_load_like_csv(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{"text": "A sentence.", "target": "taiwan_policy", "label": "favor", "context": ""},
-            {"text": "B sentence.", "target": "external_pressure", "label": "none", "context": "Prior."}]
+    rows = [
+        {"text": "A sentence.", "target": "taiwan_policy", "label": "favor", "context": ""},
+        {"text": "B sentence.", "target": "external_pressure", "label": "none", "context": "Prior."},
+    ]
     j = tmp_path / "a.jsonl"
     j.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     q = tmp_path / "a.parquet"
@@ -130,7 +152,11 @@ def test_jsonl_and_parquet_load_like_csv(tmp_path):
 
 
 def test_missing_label_example_is_a_warning(tmp_path):
-    p = write_csv(tmp_path / "w.csv", ["text", "taiwan_policy", "external_pressure"], [["A.", "favor", "none"], ["B.", "none", "none"]])
+    p = write_csv(
+        tmp_path / "w.csv",
+        ["text", "taiwan_policy", "external_pressure"],
+        [["A.", "favor", "none"], ["B.", "none", "none"]],
+    )
     d = load_labelled([p])
     assert "target 'taiwan_policy': no example of label 'against'" in d.report.warnings
 
@@ -164,33 +190,57 @@ def test_stratified_split_is_deterministic_and_disjoint():
 
 def test_label_studio_export(tmp_path):
     tasks = [
-        {"data": {"text": "Tokyo will not back down."}, "annotations": [
-            {"was_cancelled": True, "result": []},
-            {"result": [{"from_name": "taiwan_policy", "type": "choices", "value": {"choices": ["favor"]}},
-                        {"from_name": "external_pressure", "type": "choices", "value": {"choices": ["against"]}}]}]},
-        {"data": {"text": "It rained.", "context": "Earlier."}, "annotations": [
-            {"result": [{"from_name": "taiwan_policy", "type": "choices", "value": {"choices": ["none"]}}]}]},
+        {
+            "data": {"text": "Tokyo will not back down."},
+            "annotations": [
+                {"was_cancelled": True, "result": []},
+                {
+                    "result": [
+                        {"from_name": "taiwan_policy", "type": "choices", "value": {"choices": ["favor"]}},
+                        {"from_name": "external_pressure", "type": "choices", "value": {"choices": ["against"]}},
+                    ]
+                },
+            ],
+        },
+        {
+            "data": {"text": "It rained.", "context": "Earlier."},
+            "annotations": [
+                {"result": [{"from_name": "taiwan_policy", "type": "choices", "value": {"choices": ["none"]}}]}
+            ],
+        },
     ]
     p = tmp_path / "ls.json"
     p.write_text(json.dumps(tasks), encoding="utf-8")
     d = load_labelled([p])
-    assert [e.labels for e in d.examples] == [{"taiwan_policy": "favor", "external_pressure": "against"},
-                                             {"taiwan_policy": "none"}]
+    assert [e.labels for e in d.examples] == [
+        {"taiwan_policy": "favor", "external_pressure": "against"},
+        {"taiwan_policy": "none"},
+    ]
     assert d.examples[1].context == "Earlier."
     tasks[1]["annotations"][0]["result"][0]["value"]["choices"] = ["maybe"]
     p.write_text(json.dumps(tasks), encoding="utf-8")
     with pytest.raises(DataValidationError) as exc:
         load_labelled([p])
-    assert problems_of(exc) == [(2, "label", "unknown label 'maybe' for target 'taiwan_policy'; allowed: favor, against, none")]
+    assert problems_of(exc) == [
+        (2, "label", "unknown label 'maybe' for target 'taiwan_policy'; allowed: favor, against, none")
+    ]
 
 
 def test_argilla_records(tmp_path):
     records = [
-        {"fields": {"text": "Beijing demanded a retraction."},
-         "responses": {"taiwan_policy": [{"value": "against", "status": "submitted"}],
-                       "external_pressure": [{"value": "favor", "status": "submitted"}, {"value": "none", "status": "draft"}]}},
-        {"fields": {"text": "Disputed one."},
-         "responses": {"taiwan_policy": [{"value": "favor", "status": "submitted"}, {"value": "none", "status": "submitted"}]}},
+        {
+            "fields": {"text": "Beijing demanded a retraction."},
+            "responses": {
+                "taiwan_policy": [{"value": "against", "status": "submitted"}],
+                "external_pressure": [{"value": "favor", "status": "submitted"}, {"value": "none", "status": "draft"}],
+            },
+        },
+        {
+            "fields": {"text": "Disputed one."},
+            "responses": {
+                "taiwan_policy": [{"value": "favor", "status": "submitted"}, {"value": "none", "status": "submitted"}]
+            },
+        },
     ]
     p = tmp_path / "argilla.json"
     p.write_text(json.dumps(records), encoding="utf-8")
@@ -206,18 +256,28 @@ def test_a_user_schema_with_capitalised_labels_accepts_its_own_labels(tmp_path):
     from stancewatch.model.schema import Schema
 
     schema_file = tmp_path / "schema.yaml"
-    schema_file.write_text("neutral_label: Neutral\ntargets:\n  - name: climate\n"
-                           "    labels: {Pro: supports, Con: opposes, Neutral: none}\n", encoding="utf-8")
+    schema_file.write_text(
+        "neutral_label: Neutral\ntargets:\n  - name: climate\n"
+        "    labels: {Pro: supports, Con: opposes, Neutral: none}\n",
+        encoding="utf-8",
+    )
     data_file = tmp_path / "d.csv"
-    data_file.write_text("text,climate\nCut emissions now.,Pro\nDrill everywhere.,con\nIt rained.,Neutral\n",
-                         encoding="utf-8")
+    data_file.write_text(
+        "text,climate\nCut emissions now.,Pro\nDrill everywhere.,con\nIt rained.,Neutral\n", encoding="utf-8"
+    )
     d = load_labelled([data_file], schema=Schema.load(schema_file))
     assert [e.labels["climate"] for e in d.examples] == ["Pro", "Con", "Neutral"]  # the schema's spelling
 
 
 def test_label_studio_export_with_a_bom_and_leading_white_space(tmp_path):
-    tasks = [{"data": {"text": "Tokyo will not back down."}, "annotations": [
-        {"result": [{"from_name": "taiwan_policy", "type": "choices", "value": {"choices": ["favor"]}}]}]}]
+    tasks = [
+        {
+            "data": {"text": "Tokyo will not back down."},
+            "annotations": [
+                {"result": [{"from_name": "taiwan_policy", "type": "choices", "value": {"choices": ["favor"]}}]}
+            ],
+        }
+    ]
     p = tmp_path / "ls.json"
     p.write_bytes(b"\xef\xbb\xbf\n  " + json.dumps(tasks).encode("utf-8"))
     assert [e.labels for e in load_labelled([p]).examples] == [{"taiwan_policy": "favor"}]

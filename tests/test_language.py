@@ -19,9 +19,11 @@ FOREIGN = {
     "zh": "外交部发言人要求日方立即撤回错误言论。",
     "es": "Pekín exigió a Tokio que rectificara de inmediato las declaraciones de la primera ministra.",
 }
-ENGLISH = ["Tokyo will not revise its position under pressure from anyone.",
-           "Shares of department-store operators fell for a third straight session on Tuesday.",
-           "That never happened, the spokesman said."]
+ENGLISH = [
+    "Tokyo will not revise its position under pressure from anyone.",
+    "Shares of department-store operators fell for a third straight session on Tuesday.",
+    "That never happened, the spokesman said.",
+]
 
 
 def test_detection_names_the_language():

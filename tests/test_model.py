@@ -28,7 +28,12 @@ def test_long_sentence_is_truncated_and_flagged(encoder):
 
 
 def test_context_is_cut_from_its_start_not_the_sentence(encoder):
-    [e] = encoder.encode(["Tokyo denied it."], ["one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"])
+    [e] = encoder.encode(
+        ["Tokyo denied it."],
+        [
+            "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"
+        ],
+    )
     text = encoder.tokenizer.decode(e.input_ids, skip_special_tokens=False)
     assert len(e) == 24 and not e.truncated
     assert "tokyo denied it." in text and text.rstrip().endswith("twenty [SEP]")
@@ -47,7 +52,7 @@ def test_shape_stepped_batches_use_a_small_fixed_set_of_shapes():
     # OpenVINO keeps memory per input shape it meets, so a long run must not keep meeting new ones.
     rng = np.random.default_rng(0)
     shapes = set()
-    for call in range(300):
+    for _ in range(300):
         lengths = rng.integers(3, 129, size=int(rng.integers(8, 700))).tolist()
         batches = plan_batches(lengths, max_tokens=8192, max_batch=128, width_step=8, row_step=8)
         flat = [i for b in batches for i in b]

@@ -21,6 +21,9 @@ from stancewatch.training.train import split_data, train, training_split
 runner = CliRunner()
 LABELS = ("favor", "against", "none")
 
+# Every test here changes production; each puts the pointer back for the tests after it.
+pytestmark = pytest.mark.usefixtures("restore_production")
+
 
 def tiny_cfg(base, **kw):
     settings = dict(base_model=str(base), epochs=1, max_steps=1, batch_size=8, max_length=64, optimise=False)
@@ -38,9 +41,16 @@ def write_csv(path: Path, rows, doc_ids: bool = False) -> Path:
 
 def articles(prefix: str, n_docs: int, per_doc: int = 5):
     """n_docs made-up articles of per_doc sentences each, labels cycling so every stratum is filled."""
-    return [(f"{prefix} report {d}, sentence {k}: officials in Tokyo spoke about item {d * per_doc + k}.",
-             LABELS[(d + k) % 3], LABELS[(d * 2 + k) % 3], f"{prefix}-{d}")
-            for d in range(n_docs) for k in range(per_doc)]
+    return [
+        (
+            f"{prefix} report {d}, sentence {k}: officials in Tokyo spoke about item {d * per_doc + k}.",
+            LABELS[(d + k) % 3],
+            LABELS[(d * 2 + k) % 3],
+            f"{prefix}-{d}",
+        )
+        for d in range(n_docs)
+        for k in range(per_doc)
+    ]
 
 
 def keys(folder, role):
@@ -58,7 +68,7 @@ def test_gate_split_is_disjoint_from_train_dev_and_calibration_by_article(tmp_pa
     groups = {name: {e.group for e in exs} for name, exs in parts.items()}
     names = list(parts)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not groups[a] & groups[b], (a, b)
     assert sum(len(p) for p in parts.values()) == len(data.examples)
     # The training set is the one the old two-way split gave: the gate comes out of the held-out part.
@@ -85,10 +95,15 @@ def test_production_training_rows_are_left_out_of_the_comparison(tmp_path, tiny_
     from stancewatch.model.predictor import StanceModel
     from stancewatch.training.evaluate import evaluate_predictions, gold_lists
 
-    prod_rows = [(f"Production sentence {i} on the Taiwan question.", LABELS[i % 3], LABELS[(i + 1) % 3])
-                 for i in range(12)]
-    prod = train(load_labelled([write_csv(tmp_path / "prod.csv", prod_rows)]), tiny_cfg(tiny_base, dev_fraction=0.5),
-                 progress=False, promote="always")
+    prod_rows = [
+        (f"Production sentence {i} on the Taiwan question.", LABELS[i % 3], LABELS[(i + 1) % 3]) for i in range(12)
+    ]
+    prod = train(
+        load_labelled([write_csv(tmp_path / "prod.csv", prod_rows)]),
+        tiny_cfg(tiny_base, dev_fraction=0.5),
+        progress=False,
+        promote="always",
+    )
     seen = keys(prod.folder, "train") | keys(prod.folder, "dev")
     assert len(seen) == 12 and store.production_tag() == prod.tag
 
@@ -113,7 +128,9 @@ def test_production_training_rows_are_left_out_of_the_comparison(tmp_path, tiny_
     model = StanceModel.load(prod.tag)
     new = [e for e in held.examples if e.text.startswith("A new sentence")]
     probs, _ = model.predict_arrays([e.text for e in new], [None] * len(new))
-    expected = evaluate_predictions(held.schema, gold_lists(new, held.schema), dict(zip(held.schema.target_names, probs)))
+    expected = evaluate_predictions(
+        held.schema, gold_lists(new, held.schema), dict(zip(held.schema.target_names, probs))
+    )
     assert decision["production_mean_f_avg"] == pytest.approx(expected["mean_f_avg"], abs=1e-4)
     assert decision["promote"] is True and store.production_tag() == result.tag
 
@@ -125,8 +142,11 @@ def test_merge_keeps_production_dev_calibration_and_gate_rows_in_their_parts(tmp
     assert before["train"] and before["dev"] and before["calibration"]
 
     config = tmp_path / "cfg.yaml"
-    config.write_text(f"base_model: {tiny_base}\nepochs: 1\nmax_steps: 1\nbatch_size: 8\nmax_length: 64\n"
-                      "optimise: false\ndev_fraction: 0.4\n", encoding="utf-8")
+    config.write_text(
+        f"base_model: {tiny_base}\nepochs: 1\nmax_steps: 1\nbatch_size: 8\nmax_length: 64\n"
+        "optimise: false\ndev_fraction: 0.4\n",
+        encoding="utf-8",
+    )
     new = write_csv(tmp_path / "new.csv", articles("N", 4), doc_ids=True)
     result = runner.invoke(app, ["train", "--merge", "--data", str(new), "--config", str(config), "--promote", "never"])
     assert result.exit_code == 0, result.output
@@ -142,12 +162,31 @@ def test_merge_keeps_production_dev_calibration_and_gate_rows_in_their_parts(tmp
 
 def test_dev_rows_that_are_also_training_rows_are_an_error_naming_them(tmp_path, tiny_base, tiny_csv):
     dev = tmp_path / "dev.csv"
-    write_csv(dev, [("A sentence only in the dev file.", "none", "none"),
-                    ("The remarks were reckless and must be withdrawn.", "against", "none"),
-                    ("The yen edged lower against the dollar on Monday.", "none", "none")])
+    write_csv(
+        dev,
+        [
+            ("A sentence only in the dev file.", "none", "none"),
+            ("The remarks were reckless and must be withdrawn.", "against", "none"),
+            ("The yen edged lower against the dollar on Monday.", "none", "none"),
+        ],
+    )
     before = {str(m.tag) for m in store.list_versions()}
-    result = runner.invoke(app, ["train", "--data", str(tiny_csv), "--dev", str(dev), "--base-model", str(tiny_base),
-                                 "--max-steps", "1", "--epochs", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tiny_csv),
+            "--dev",
+            str(dev),
+            "--base-model",
+            str(tiny_base),
+            "--max-steps",
+            "1",
+            "--epochs",
+            "1",
+        ],
+    )
     assert result.exit_code == 2, result.output
     out = result.output
     assert "2 problem(s)" in out
@@ -167,17 +206,29 @@ def test_a_candidate_worse_on_the_gate_is_stored_but_not_promoted(tmp_path, tiny
     # the candidate's F_avg is 0 and production's is not, whatever the random encoder does.
     steps = dict(epochs=3, max_steps=6, learning_rate=0.05, warmup_ratio=0.0)
     favor = [(f"Production sentence {i} on policy.", "favor", "favor") for i in range(16)]
-    prod = train(load_labelled([write_csv(tmp_path / "favor.csv", favor)]), tiny_cfg(tiny_base, **steps),
-                 progress=False, promote="always")
+    prod = train(
+        load_labelled([write_csv(tmp_path / "favor.csv", favor)]),
+        tiny_cfg(tiny_base, **steps),
+        progress=False,
+        promote="always",
+    )
     assert store.production_tag() == prod.tag
 
     none = write_csv(tmp_path / "none.csv", [(f"Candidate sentence {i} on policy.", "none", "none") for i in range(16)])
     # 60 held-out rows: enough for a separate gate split (train.py MIN_GATE), cut from the --dev file.
-    gate = write_csv(tmp_path / "gate.csv", [(f"Held-out sentence {i} on policy.", "favor" if i % 4 else "none",
-                                              "favor" if i % 4 else "none") for i in range(60)])
+    gate = write_csv(
+        tmp_path / "gate.csv",
+        [
+            (f"Held-out sentence {i} on policy.", "favor" if i % 4 else "none", "favor" if i % 4 else "none")
+            for i in range(60)
+        ],
+    )
     config = tmp_path / "cfg.yaml"
-    config.write_text(f"base_model: {tiny_base}\nbatch_size: 8\nmax_length: 64\noptimise: false\n"
-                      + "".join(f"{k}: {v}\n" for k, v in steps.items()), encoding="utf-8")
+    config.write_text(
+        f"base_model: {tiny_base}\nbatch_size: 8\nmax_length: 64\noptimise: false\n"
+        + "".join(f"{k}: {v}\n" for k, v in steps.items()),
+        encoding="utf-8",
+    )
     before = {str(m.tag) for m in store.list_versions()}
     result = runner.invoke(app, ["train", "--data", str(none), "--dev", str(gate), "--config", str(config)])
     assert result.exit_code == 0, result.output

@@ -1,8 +1,8 @@
 """The loaders on the public datasets in ../shared/data (skipped when that folder is absent)."""
 
 import pytest
-
 from conftest import SHARED
+
 from stancewatch.training.data import load_labelled
 
 DATA = SHARED / "data"

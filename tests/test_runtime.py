@@ -50,7 +50,9 @@ def test_openvino_agrees_with_torch_and_restores_order(optimised):
     fp32.max_tokens, fp32.max_batch = 64, 2  # many small batches in flight at once
     np.testing.assert_allclose(np.concatenate(fp32.predict_arrays(sentences)[0], axis=1), ref, atol=1e-4)
     int8 = StanceModel(optimised.folder, backend="openvino", precision="int8")
-    agree = (np.argmax(int8.predict_arrays(sentences)[0][0], 1) == np.argmax(torch_model.predict_arrays(sentences)[0][0], 1)).mean()
+    agree = (
+        np.argmax(int8.predict_arrays(sentences)[0][0], 1) == np.argmax(torch_model.predict_arrays(sentences)[0][0], 1)
+    ).mean()
     assert agree >= 0.5  # a tiny random model is a poor int8 subject; the real gate is in training
 
 
@@ -94,7 +96,9 @@ def _gate_case(n: int, flips: int, seed: int = 0):
     schema = default_schema()
     rng = np.random.default_rng(seed)
     gold = rng.choice(["favor", "against", "none"], size=n, p=[0.25, 0.25, 0.5])
-    examples = [Example(f"s{i}", "", {"taiwan_policy": g, "external_pressure": "none"}, "x") for i, g in enumerate(gold)]
+    examples = [
+        Example(f"s{i}", "", {"taiwan_policy": g, "external_pressure": "none"}, "x") for i, g in enumerate(gold)
+    ]
     labels = list(schema.target("taiwan_policy").labels)
     ref = np.eye(3)[[labels.index(g) for g in gold]]
     cand = ref.copy()
@@ -105,15 +109,14 @@ def _gate_case(n: int, flips: int, seed: int = 0):
 
 
 def test_gate_lets_one_flip_through_and_stops_a_real_drop():
-    from stancewatch.training.optimise import MAX_F_AVG_DROP, SIGNIFICANCE, f_avg_drop_p_value
-
     # One flip on a 132-sentence dev split: an F_avg drop over 0.5 points, but not a significant one.
-    from stancewatch.training.evaluate import evaluate_predictions
-    from stancewatch.training.evaluate import gold_lists
+    from stancewatch.training.evaluate import evaluate_predictions, gold_lists
+    from stancewatch.training.optimise import MAX_F_AVG_DROP, SIGNIFICANCE, f_avg_drop_p_value
 
     schema, ex, ref, cand = _gate_case(132, 1)
     score = lambda p: evaluate_predictions(  # noqa: E731
-        schema, gold_lists(ex, schema), dict(zip(schema.target_names, p)))["targets"]["taiwan_policy"]["f_avg"]
+        schema, gold_lists(ex, schema), dict(zip(schema.target_names, p))
+    )["targets"]["taiwan_policy"]["f_avg"]
     assert score(ref) - score(cand) > MAX_F_AVG_DROP  # the old gate rejected this
     assert f_avg_drop_p_value(schema, ex, ref, cand, "taiwan_policy") >= SIGNIFICANCE
     # Twelve flips: a real drop, rejected.

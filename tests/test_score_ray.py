@@ -51,7 +51,7 @@ def _archive(folder: Path) -> Path:
     for i in range(10):
         text = " ".join(SENTENCES[(i + k) % len(SENTENCES)] for k in range(1 + i % 4))
         members.append((f"articles/{i:02d}.txt", text.encode()))
-    lines = [json.dumps({"id": f"j{i}", "text": " ".join(SENTENCES[i:i + 2])}) for i in range(5)]
+    lines = [json.dumps({"id": f"j{i}", "text": " ".join(SENTENCES[i : i + 2])}) for i in range(5)]
     lines.insert(2, '{"id": "broken", "text": ')  # invalid JSON: rejected by the reader
     lines.insert(4, json.dumps({"id": "empty", "text": "  "}))
     lines.append(json.dumps({"id": "punct", "text": "..."}))  # may split into nothing
@@ -70,15 +70,25 @@ def _many(path: Path, n: int) -> Path:
     """`n` JSONL articles of 2-5 sentences (enough chunks to stop a node in the middle of a run)."""
     with path.open("w", encoding="utf-8") as fh:
         for i in range(n):
-            fh.write(json.dumps({"id": f"m{i}", "text": " ".join(SENTENCES[(i + k) % 6] for k in range(2 + i % 4))}) + "\n")
+            fh.write(
+                json.dumps({"id": f"m{i}", "text": " ".join(SENTENCES[(i + k) % 6] for k in range(2 + i % 4))}) + "\n"
+            )
     return path
 
 
 def _ray_env(home: Path, tmp: Path) -> dict[str, str]:
     """An environment whose Ray state (auth token, sessions, address file) lives under `home`/`tmp`."""
     env = dict(os.environ)
-    env.update({"HOME": str(home), "RAY_TMPDIR": str(tmp), "RAY_AUTH_MODE": "disabled",
-                "RAY_USAGE_STATS_ENABLED": "0", "STANCEWATCH_THREADS": "1", "PYTHONPATH": str(REPO)})
+    env.update(
+        {
+            "HOME": str(home),
+            "RAY_TMPDIR": str(tmp),
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            "STANCEWATCH_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+        }
+    )
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -89,8 +99,14 @@ def local_ray(tmp_path_factory):
     root = Path(tempfile.mkdtemp(prefix="swray-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     saved = {k: os.environ.get(k) for k in ("HOME", "RAY_TMPDIR", "RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED")}
     (root / "home").mkdir()
-    os.environ.update({"HOME": str(root / "home"), "RAY_TMPDIR": str(root), "RAY_AUTH_MODE": "disabled",
-                       "RAY_USAGE_STATS_ENABLED": "0"})
+    os.environ.update(
+        {
+            "HOME": str(root / "home"),
+            "RAY_TMPDIR": str(root),
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+    )
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield
@@ -125,7 +141,10 @@ def _assert_same_files(got: Path, want: Path, docs: bool = True) -> None:
     _assert_same(got, want)
     if docs:
         _assert_same(got.with_name("docs-" + got.name), want.with_name("docs-" + want.name))
-    assert got.with_name(got.name + ".rejects.jsonl").read_text() == want.with_name(want.name + ".rejects.jsonl").read_text()
+    assert (
+        got.with_name(got.name + ".rejects.jsonl").read_text()
+        == want.with_name(want.name + ".rejects.jsonl").read_text()
+    )
 
 
 # ---- in-process: one small Ray ------------------------------------------------------------------
@@ -136,8 +155,17 @@ def test_ray_engine_writes_the_local_engines_files(tmp_path, tiny_model, local_r
     model = StanceModel.load(tiny_model.tag)
     want = score([src], tmp_path / "local.parquet", model, chunk_size=4, doc_summary=tmp_path / "docs-local.parquet")
     # Chunks of 4 records and slices of 3 sentences: documents cut across slices and actors.
-    got = score_ray([src], tmp_path / "ray.parquet", model.folder, tag=model.tag, num_actors=2, threads=1,
-                    chunk_size=4, batch_size=3, doc_summary=tmp_path / "docs-ray.parquet")
+    got = score_ray(
+        [src],
+        tmp_path / "ray.parquet",
+        model.folder,
+        tag=model.tag,
+        num_actors=2,
+        threads=1,
+        chunk_size=4,
+        batch_size=3,
+        doc_summary=tmp_path / "docs-ray.parquet",
+    )
     assert (got.documents, got.sentences, got.rejected) == (want.documents, want.sentences, want.rejected)
     assert want.rejected >= 3
     _assert_same_files(tmp_path / "ray.parquet", tmp_path / "local.parquet")
@@ -165,8 +193,9 @@ def test_ray_run_resumes_after_a_crash(tmp_path, tiny_model, local_ray, monkeypa
         real(path, data)
 
     monkeypatch.setattr(writer, "_write_json_atomic", crash_on_fourth_manifest)
-    kwargs = dict(tag=model.tag, num_actors=1, threads=1, chunk_size=3, batch_size=4,
-                  doc_summary=tmp_path / "docs-ray.parquet")
+    kwargs = dict(
+        tag=model.tag, num_actors=1, threads=1, chunk_size=3, batch_size=4, doc_summary=tmp_path / "docs-ray.parquet"
+    )
     with pytest.raises(KeyboardInterrupt):
         score_ray([src], tmp_path / "ray.parquet", model.folder, **kwargs)
     monkeypatch.setattr(writer, "_write_json_atomic", real)
@@ -229,8 +258,14 @@ def test_too_many_actors_for_the_cluster_is_named(tmp_path, tiny_model, local_ra
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stancewatch.cli", "score", *args, "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "stancewatch.cli", "score", *args, "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
 
 
 def test_unreachable_ray_is_a_clear_error_and_leaves_nothing(tmp_path, tiny_model):
@@ -239,8 +274,20 @@ def test_unreachable_ray_is_a_clear_error_and_leaves_nothing(tmp_path, tiny_mode
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = _ray_env(tmp_path / "home", tmp_path)
-    r = _cli([str(src), "--out", str(tmp_path / "o.parquet"), "--model", tiny_model.tag, "--engine", "ray",
-              "--ray-address", f"127.0.0.1:{port}"], env)
+    r = _cli(
+        [
+            str(src),
+            "--out",
+            str(tmp_path / "o.parquet"),
+            "--model",
+            tiny_model.tag,
+            "--engine",
+            "ray",
+            "--ray-address",
+            f"127.0.0.1:{port}",
+        ],
+        env,
+    )
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"cannot reach Ray at 127.0.0.1:{port}: nothing answers" in r.stdout + r.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["news.tar.gz"]
@@ -291,8 +338,11 @@ class Cluster:
         self.port, self.client_port = _free_ports(2)
         self.address = f"127.0.0.1:{self.port}"
         # Node death is noticed after failed health checks (default 5 x 3 s); faster here.
-        self.health = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4",
-                       "RAY_health_check_timeout_ms": "500"}
+        self.health = {
+            "RAY_health_check_period_ms": "500",
+            "RAY_health_check_failure_threshold": "4",
+            "RAY_health_check_timeout_ms": "500",
+        }
 
     def env(self, node: str) -> dict[str, str]:
         (self.root / node).mkdir(exist_ok=True)
@@ -300,26 +350,47 @@ class Cluster:
 
     def _node_ports(self) -> list[str]:
         a, b, c, d = _free_ports(4)
-        return [f"--dashboard-agent-listen-port={a}", f"--dashboard-agent-grpc-port={b}",
-                f"--runtime-env-agent-port={c}", f"--metrics-export-port={d}"]
+        return [
+            f"--dashboard-agent-listen-port={a}",
+            f"--dashboard-agent-grpc-port={b}",
+            f"--runtime-env-agent-port={c}",
+            f"--metrics-export-port={d}",
+        ]
 
     def start(self, node: str, args: list[str]) -> None:
         log = open(self.root / f"{node}.log", "wb")
-        cmd = [str(RAY), "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-               "--object-store-memory=150000000", "--disable-usage-stats", *self._node_ports(), *args]
-        self.procs[node] = subprocess.Popen(cmd, env=self.env(node), stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True, cwd=self.root)
+        cmd = [
+            str(RAY),
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--object-store-memory=150000000",
+            "--disable-usage-stats",
+            *self._node_ports(),
+            *args,
+        ]
+        self.procs[node] = subprocess.Popen(
+            cmd, env=self.env(node), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.root
+        )
 
     def wait_nodes(self, n: int, timeout: float = 120) -> None:
-        probe = ("import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-                 "print(sum(1 for x in ray.nodes() if x['Alive']))")
+        probe = (
+            "import ray,sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "print(sum(1 for x in ray.nodes() if x['Alive']))"
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             for node, p in self.procs.items():
                 if p.poll() is not None:
                     raise RuntimeError(f"{node} exited: {(self.root / f'{node}.log').read_text()[-3000:]}")
-            r = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env("driver"),
-                               capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [sys.executable, "-c", probe, self.address],
+                env=self.env("driver"),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if r.returncode == 0 and r.stdout.strip().splitlines()[-1:] == [str(n)]:
                 return
             time.sleep(1)
@@ -338,8 +409,10 @@ def cluster(tiny_model):
     root = Path(tempfile.mkdtemp(prefix="swrc-", dir="/tmp"))
     c = Cluster(root)
     try:
-        c.start("head", ["--head", f"--port={c.port}", f"--ray-client-server-port={c.client_port}",
-                         "--include-dashboard=false"])
+        c.start(
+            "head",
+            ["--head", f"--port={c.port}", f"--ray-client-server-port={c.client_port}", "--include-dashboard=false"],
+        )
         c.start("worker", [f"--address={c.address}"])
         c.wait_nodes(2)
         yield c
@@ -356,9 +429,26 @@ def test_two_node_cluster_auto_and_client_equal_the_local_engine(tmp_path, tiny_
     env = cluster.env("head")  # the driver on the head node: `auto` finds the cluster in RAY_TMPDIR
     for name, address in (("auto", "auto"), ("client", f"ray://127.0.0.1:{cluster.client_port}")):
         out = tmp_path / f"{name}.parquet"
-        r = _cli([str(src), "--out", str(out), "--model", tiny_model.tag, "--engine", "ray", "--ray-address", address,
-                  "--ray-actors", "2", "--chunk-size", "4", "--doc-summary", str(tmp_path / f"docs-{name}.parquet")],
-                 env)
+        r = _cli(
+            [
+                str(src),
+                "--out",
+                str(out),
+                "--model",
+                tiny_model.tag,
+                "--engine",
+                "ray",
+                "--ray-address",
+                address,
+                "--ray-actors",
+                "2",
+                "--chunk-size",
+                "4",
+                "--doc-summary",
+                str(tmp_path / f"docs-{name}.parquet"),
+            ],
+            env,
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         _assert_same_files(out, tmp_path / "local.parquet")
 
@@ -368,8 +458,26 @@ def test_worker_node_lost_mid_run(tmp_path, tiny_model, cluster):
     user is told, and the output is complete and equal to the local engine's."""
     src = _many(tmp_path / "many.jsonl", 1500)
     out = tmp_path / "ray.parquet"
-    cmd = [sys.executable, "-m", "stancewatch.cli", "score", str(src), "--out", str(out), "--model", tiny_model.tag,
-           "--engine", "ray", "--ray-address", "auto", "--ray-actors", "2", "--chunk-size", "10", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stancewatch.cli",
+        "score",
+        str(src),
+        "--out",
+        str(out),
+        "--model",
+        tiny_model.tag,
+        "--engine",
+        "ray",
+        "--ray-address",
+        "auto",
+        "--ray-actors",
+        "2",
+        "--chunk-size",
+        "10",
+        "--no-progress",
+    ]
     log = open(tmp_path / "run.log", "w+")
     run = subprocess.Popen(cmd, env=cluster.env("head"), stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:

@@ -103,7 +103,8 @@ def test_predict_document_offsets_contexts_and_summary(svc):
     texts = [s["text"] for s in parts]
     direct = svc.model.predict(texts, [None] + texts[:-1])
     assert [{k: s[k] for k in ("text", "truncated", "language", "supported", "stances")} for s in parts] == [
-        p.to_dict() for p in direct]
+        p.to_dict() for p in direct
+    ]
     for target in svc.model.schema.targets:
         summary = out["summary"][target.name]
         assert sum(summary["counts"].values()) == 3
@@ -153,8 +154,13 @@ def test_import_fails_clearly_without_a_model(tiny_model):
     import sys
 
     env = {**os.environ, "STANCEWATCH_MODEL": "stancewatch:nosuchversion"}
-    done = subprocess.run([sys.executable, "-c", "import stancewatch.service.service"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", "import stancewatch.service.service"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "nosuchversion" in done.stderr and "stancewatch train" in done.stderr
 
@@ -193,7 +199,12 @@ def test_too_many_sentences_names_the_limit(svc_module):
 
 @pytest.mark.parametrize(
     "body, loc",
-    [("{}", ("text",)), ('{"text": "   "}', ("text",)), ('{"text": 3}', ("text",)), ('{"text": "a", "id": 5}', ("id",))],
+    [
+        ("{}", ("text",)),
+        ('{"text": "   "}', ("text",)),
+        ('{"text": 3}', ("text",)),
+        ('{"text": "a", "id": 5}', ("id",)),
+    ],
 )
 def test_document_request_errors(svc_module, body, loc):
     assert _errors(svc_module.DocumentRequest, body)[0]["loc"] == loc
@@ -391,7 +402,8 @@ def test_production_change_is_served_without_dropping_requests(svc, tiny_base, t
     watcher = ProductionWatcher(svc, interval=3600)
     old_model, old_prod = svc.model, store.production_tag()
     try:
-        assert watcher.check_once() is (old_prod != svc.tag)  # nothing new yet
+        expected = old_prod is not None and old_prod != svc.tag  # computed first: check_once swaps svc.tag
+        assert watcher.check_once() is expected  # nothing new yet
 
         async def scenario():
             in_flight = asyncio.create_task(svc.predict(sentences=[f"Sentence {i} about Tokyo." for i in range(300)]))
@@ -426,6 +438,7 @@ def test_batcher_waits_briefly_to_fill_batches_only_under_load():
         async def late(i):
             await asyncio.sleep(0.02 * i)
             return await batcher.submit([i])
+
         return await asyncio.gather(*(late(i) for i in range(4)))
 
     try:
@@ -460,9 +473,10 @@ def other_version(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("other-targets") / "artefact"
     shutil.copytree(store.get(tiny_model.tag).path, folder)
     schema = Schema.load(folder / "schema.json")
-    targets = tuple(dataclasses.replace(t, name=f"other_{i}", labels=tuple(f"{lab}_x" for lab in t.labels),
-                                        label_descriptions={})
-                    for i, t in enumerate(schema.targets))
+    targets = tuple(
+        dataclasses.replace(t, name=f"other_{i}", labels=tuple(f"{lab}_x" for lab in t.labels), label_descriptions={})
+        for i, t in enumerate(schema.targets)
+    )
     dataclasses.replace(schema, targets=targets, name="other").save(folder / "schema.json")
     cfg = json.loads((folder / "stancewatch.json").read_text(encoding="utf-8"))
     cfg["temperatures"] = {t.name: 0.25 for t in targets}
@@ -517,8 +531,10 @@ def test_a_reload_mid_request_never_mixes_versions(svc, other_version):
                 got, want = out["sentences"], old_preds
             else:
                 out = asyncio.run(svc.predict_document(text=text)).model_dump()
-                got = [{k: s[k] for k in ("text", "truncated", "language", "supported", "stances")}
-                       for s in out["sentences"]]
+                got = [
+                    {k: s[k] for k in ("text", "truncated", "language", "supported", "stances")}
+                    for s in out["sentences"]
+                ]
                 want = old_doc
                 assert list(out["summary"]) == old.schema.target_names
             del old.predict
@@ -731,19 +747,6 @@ class _FakeService:
 
 
 @pytest.fixture
-def restore_production():
-    from stancewatch.model import store
-
-    path = store._pointer_path()
-    saved = path.read_text(encoding="utf-8") if path.exists() else None
-    yield
-    if saved is None:
-        path.unlink(missing_ok=True)
-    else:
-        store._write_pointer(json.loads(saved))
-
-
-@pytest.fixture
 def dummy_versions(tmp_path):
     """Make store versions whose artefact is not a loadable model; deleted afterwards."""
     import bentoml
@@ -846,11 +849,13 @@ def test_concurrent_promotions_from_two_processes(restore_production, dummy_vers
 
     start, *tags = dummy_versions(9)
     store._write_pointer({"tag": start, "history": []})
-    code = ("import sys, time; from stancewatch.model import store; "
-            "real = store._read_pointer\n"
-            "def slow():\n    d = real(); time.sleep(0.05); return d\n"
-            "store._read_pointer = slow\n"
-            "for tag in sys.argv[1:]: store.promote(tag)\n")
+    code = (
+        "import sys, time; from stancewatch.model import store; "
+        "real = store._read_pointer\n"
+        "def slow():\n    d = real(); time.sleep(0.05); return d\n"
+        "store._read_pointer = slow\n"
+        "for tag in sys.argv[1:]: store.promote(tag)\n"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code, *tags[i::2]], env=dict(os.environ)) for i in range(2)]
     assert [p.wait(120) for p in procs] == [0, 0]
     data = store._read_pointer()

@@ -32,7 +32,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(args: list[str], env: dict[str, str], timeout: float = 120, cwd: Path = REPO) -> tuple[subprocess.Popen, str]:
+def _start(
+    args: list[str], env: dict[str, str], timeout: float = 120, cwd: Path = REPO
+) -> tuple[subprocess.Popen, str]:
     """Start `ARGS --host 127.0.0.1 --port P` on a free port and wait until /readyz answers 200."""
     port = _free_port()
     cmd = [*args, "--host", "127.0.0.1", "--port", str(port)]
@@ -66,16 +68,29 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _env(tiny_model, **extra) -> dict[str, str]:
     env = dict(os.environ)  # carries BENTOML_HOME of the session store
-    env.update({"STANCEWATCH_MODEL": tiny_model.tag, "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1",
-                "STANCEWATCH_THREADS": "1", **extra})
+    env.update(
+        {
+            "STANCEWATCH_MODEL": tiny_model.tag,
+            "BENTOML_DO_NOT_TRACK": "True",
+            "HF_HUB_OFFLINE": "1",
+            "STANCEWATCH_THREADS": "1",
+            **extra,
+        }
+    )
     return env
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    env = _env(tiny_model, STANCEWATCH_API_KEY=API_KEY, STANCEWATCH_MAX_SENTENCES=str(MAX_SENTENCES),
-               STANCEWATCH_MAX_BODY_BYTES=str(MAX_BODY), STANCEWATCH_BATCH_ITEMS="8",
-               STANCEWATCH_MAX_DOC_SENTENCES=str(MAX_DOC_SENTENCES), STANCEWATCH_MAX_TOKENS=str(MAX_TOKENS))
+    env = _env(
+        tiny_model,
+        STANCEWATCH_API_KEY=API_KEY,
+        STANCEWATCH_MAX_SENTENCES=str(MAX_SENTENCES),
+        STANCEWATCH_MAX_BODY_BYTES=str(MAX_BODY),
+        STANCEWATCH_BATCH_ITEMS="8",
+        STANCEWATCH_MAX_DOC_SENTENCES=str(MAX_DOC_SENTENCES),
+        STANCEWATCH_MAX_TOKENS=str(MAX_TOKENS),
+    )
     proc, url = _start([sys.executable, "-m", "stancewatch.cli", "serve"], env)  # `stancewatch serve`
     yield url
     _stop(proc)
@@ -228,8 +243,10 @@ def test_declared_oversize_is_refused_before_the_body_is_sent(server):
     """Only headers go out; the 413 must come back without the server waiting for the body."""
     port = int(server.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(f"POST /predict_document HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                  f"Authorization: Bearer {API_KEY}\r\nContent-Length: {50 * MAX_BODY}\r\n\r\n".encode())
+        s.sendall(
+            f"POST /predict_document HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {API_KEY}\r\nContent-Length: {50 * MAX_BODY}\r\n\r\n".encode()
+        )
         reply = s.recv(4096).decode("latin-1")
     assert reply.startswith("HTTP/1.1 413"), reply
 
@@ -263,8 +280,9 @@ def test_openapi_fuzz_finds_no_server_error(server):
     failures, statuses = [], {}
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-        @settings(max_examples=150, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=150, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        )
         @given(case=schema.as_strategy(generation_mode=mode))
         def check(case):
             response = case.call(base_url=server, session=session, headers=AUTH, timeout=30)
@@ -287,15 +305,29 @@ def test_bentoml_build_offline_and_serve_the_bento(tiny_model, tmp_path):
     env = _env(tiny_model, PIP_NO_INDEX="1", UV_OFFLINE="1")
     home = Path(env["BENTOML_HOME"]).resolve()
     assert REPO not in home.parents  # the store must live outside the build folder
-    done = subprocess.run([sys.executable, "-m", "bentoml", "build", "-o", "tag", "."], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "bentoml", "build", "-o", "tag", "."],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     tag = done.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    info = subprocess.run([sys.executable, "-m", "bentoml", "get", tag, "-o", "json"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    info = subprocess.run(
+        [sys.executable, "-m", "bentoml", "get", tag, "-o", "json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert info.returncode == 0, info.stderr[-2000:]
     assert tiny_model.tag in info.stdout  # the serving model travels with the Bento
-    proc, url = _start([sys.executable, "-m", "bentoml", "serve", tag], {**env, "STANCEWATCH_API_KEY": ""}, cwd=tmp_path)
+    proc, url = _start(
+        [sys.executable, "-m", "bentoml", "serve", tag], {**env, "STANCEWATCH_API_KEY": ""}, cwd=tmp_path
+    )
     try:
         r = requests.post(f"{url}/predict", json={"sentences": ["Built and served."]}, timeout=30)
         assert r.status_code == 200, r.text
@@ -356,8 +388,13 @@ LONG_DOCUMENT = "Tokyo stands firm on Taiwan. " * 30_000  # 30,000 sentences, 87
 def _long_server(tiny_model, **extra):
     """A server where one document keeps the batcher busy for minutes: no sentence or token limit
     that matters, one sentence per batch."""
-    env = _env(tiny_model, STANCEWATCH_MAX_DOC_SENTENCES="100000", STANCEWATCH_MAX_TOKENS="100000000",
-               STANCEWATCH_BATCH_ITEMS="1", **extra)
+    env = _env(
+        tiny_model,
+        STANCEWATCH_MAX_DOC_SENTENCES="100000",
+        STANCEWATCH_MAX_TOKENS="100000000",
+        STANCEWATCH_BATCH_ITEMS="1",
+        **extra,
+    )
     return _start([sys.executable, "-m", "stancewatch.cli", "serve"], env)
 
 
@@ -365,16 +402,21 @@ def _send_and_leave(url: str, body: bytes) -> socket.socket:
     """Send a POST on a raw connection and return it without reading the answer."""
     port = int(url.rsplit(":", 1)[1])
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(b"POST /predict_document HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    s.sendall(
+        b"POST /predict_document HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
     return s
 
 
 def _in_progress(url: str, endpoint: str = "/predict_document") -> float:
     """BentoML's gauge of requests in progress on `endpoint` (from /metrics)."""
     text = requests.get(f"{url}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("bentoml_service_request_in_progress{") and f'endpoint="{endpoint}"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("bentoml_service_request_in_progress{") and f'endpoint="{endpoint}"' in line
+    )
 
 
 def test_sigterm_with_a_long_request_in_flight_stops_within_10_s(tiny_model):
@@ -412,8 +454,10 @@ def test_sigterm_with_a_long_request_in_flight_stops_within_10_s(tiny_model):
 
 def test_sigterm_lets_a_request_in_flight_finish_within_the_grace_period(tiny_model):
     """The other half of the bound: a request shorter than the grace period is answered, not cut off."""
-    proc, url = _start([sys.executable, "-m", "stancewatch.cli", "serve"],
-                       _env(tiny_model, STANCEWATCH_BATCH_ITEMS="2", STANCEWATCH_SHUTDOWN_GRACE_S="30"))
+    proc, url = _start(
+        [sys.executable, "-m", "stancewatch.cli", "serve"],
+        _env(tiny_model, STANCEWATCH_BATCH_ITEMS="2", STANCEWATCH_SHUTDOWN_GRACE_S="30"),
+    )
     workers = _descendants(proc.pid)
     # The sentence limit, in 1,000 batches of 2: seconds of work, so it is surely still running when
     # the signal comes (a busy machine can be slow to answer /metrics), and well within the grace.

@@ -19,13 +19,16 @@ def test_defaults_load_from_an_empty_environment():
     assert cfg.access_log is True and cfg.backend == "auto" and cfg.reload_seconds == 10.0
 
 
-@pytest.mark.parametrize("name,value,expect", [
-    ("STANCEWATCH_THREADS", "0", "expected an integer >= 1"),
-    ("STANCEWATCH_THREADS", "two", "expected an integer >= 1"),
-    ("STANCEWATCH_GATHER_MS", "-1", "expected a number >= 0"),
-    ("STANCEWATCH_BACKEND", "cuda", "expected one of auto, torch, openvino"),
-    ("STANCEWATCH_ACCESS_LOG", "maybe", "1/true/yes/on or 0/false/no/off"),
-])
+@pytest.mark.parametrize(
+    "name,value,expect",
+    [
+        ("STANCEWATCH_THREADS", "0", "expected an integer >= 1"),
+        ("STANCEWATCH_THREADS", "two", "expected an integer >= 1"),
+        ("STANCEWATCH_GATHER_MS", "-1", "expected a number >= 0"),
+        ("STANCEWATCH_BACKEND", "cuda", "expected one of auto, torch, openvino"),
+        ("STANCEWATCH_ACCESS_LOG", "maybe", "1/true/yes/on or 0/false/no/off"),
+    ],
+)
 def test_a_bad_value_names_the_variable_the_value_and_what_is_allowed(name, value, expect):
     with pytest.raises(settings.SettingError) as err:
         settings.load({name: value})
@@ -33,8 +36,14 @@ def test_a_bad_value_names_the_variable_the_value_and_what_is_allowed(name, valu
 
 
 def test_values_are_parsed_with_one_convention():
-    cfg = settings.load({"STANCEWATCH_ACCESS_LOG": "OFF", "STANCEWATCH_BACKEND": " OpenVINO ",
-                         "STANCEWATCH_THREADS": "3", "STANCEWATCH_MAX_TOKENS": ""})
+    cfg = settings.load(
+        {
+            "STANCEWATCH_ACCESS_LOG": "OFF",
+            "STANCEWATCH_BACKEND": " OpenVINO ",
+            "STANCEWATCH_THREADS": "3",
+            "STANCEWATCH_MAX_TOKENS": "",
+        }
+    )
     assert cfg.access_log is False and cfg.backend == "openvino" and cfg.threads == 3
     assert cfg.max_tokens == settings.variable("MAX_TOKENS").default  # blank means the default
 
@@ -49,7 +58,9 @@ def test_every_variable_the_code_names_is_declared_and_only_settings_reads_them(
     for path in SOURCES:
         text = path.read_text(encoding="utf-8")
         named |= set(re.findall(r"STANCEWATCH_[A-Z][A-Z_]*[A-Z]", text))
-        if path.name != "settings.py" and re.search(r"environ\.get\(\s*[\"']STANCEWATCH_|environ\[[\"']STANCEWATCH_\w+[\"']\](?!\s*=)", text):
+        if path.name != "settings.py" and re.search(
+            r"environ\.get\(\s*[\"']STANCEWATCH_|environ\[[\"']STANCEWATCH_\w+[\"']\](?!\s*=)", text
+        ):
             readers.append(str(path.relative_to(REPO)))
     assert named - declared == set()
     assert readers == [], "these read STANCEWATCH_* themselves instead of through stancewatch.settings"
@@ -67,8 +78,13 @@ def test_the_command_line_stops_on_a_bad_value_before_any_work(tmp_path):
     import os
 
     env = {**os.environ, "STANCEWATCH_THREADS": "0", "BENTOML_HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "stancewatch.cli", "models", "list"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "stancewatch.cli", "models", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "STANCEWATCH_THREADS='0' is too small: expected an integer >= 1" in done.stderr
     assert "Traceback" not in done.stderr

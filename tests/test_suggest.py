@@ -4,8 +4,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from stancewatch.cli import app
-from stancewatch.training.suggest import Candidate, select, uncertainty
 from stancewatch.training.data import load_labelled
+from stancewatch.training.suggest import Candidate, select, uncertainty
 
 
 def test_uncertainty_orders():
@@ -25,8 +25,9 @@ def test_suggest_command_writes_a_labelable_csv(tmp_path, tiny_model):
     docs = tmp_path / "docs"
     docs.mkdir()
     for i in range(3):
-        (docs / f"d{i}.txt").write_text(f"Tokyo rejected the claim {i}. Beijing warned of consequences. Markets were calm.",
-                                        encoding="utf-8")
+        (docs / f"d{i}.txt").write_text(
+            f"Tokyo rejected the claim {i}. Beijing warned of consequences. Markets were calm.", encoding="utf-8"
+        )
     out = tmp_path / "to_label.csv"
     result = CliRunner().invoke(app, ["suggest", str(docs), "--n", "5", "--out", str(out), "--model", tiny_model.tag])
     assert result.exit_code == 0, result.output

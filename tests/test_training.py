@@ -13,8 +13,9 @@ from stancewatch.training.train import fit, predict_logits, train
 
 
 def tiny_cfg(base, **kw):
-    return TrainConfig(base_model=str(base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64,
-                       optimise=False, **kw)
+    return TrainConfig(
+        base_model=str(base), epochs=1, max_steps=2, batch_size=4, dev_fraction=0.5, max_length=64, optimise=False, **kw
+    )
 
 
 def test_config_is_validated():
@@ -36,8 +37,14 @@ def _roundtrip(base, tiny_csv, tmp_path, max_length=64):
     ex = data.examples
     cfg = TrainConfig(base_model=str(base), epochs=1, max_steps=3, batch_size=4, max_length=max_length)
     result = fit(ex, ex, data.schema, cfg, progress=False)
-    write_artifact(tmp_path / "m", result.network, result.tokenizer_json, data.schema,
-                   max_length=max_length, base_model=Path(base).name)
+    write_artifact(
+        tmp_path / "m",
+        result.network,
+        result.tokenizer_json,
+        data.schema,
+        max_length=max_length,
+        base_model=Path(base).name,
+    )
     result.release_scratch()
     enc = result.encoder.encode([e.text for e in ex], [e.context or None for e in ex])
     before = predict_logits(result.network, result.encoder, enc)
@@ -67,9 +74,17 @@ def test_training_saves_a_version_with_metadata_and_report(tiny_model):
     assert md["schema"]["targets"][0]["name"] == "taiwan_policy"
     assert set(md["metrics"]) >= {"mean_f_avg", "taiwan_policy", "external_pressure"}
     folder = Path(m.path)
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "schema.json", "stancewatch.json",
-                 "eval/report.json", "eval/report.md", "eval/confusion_taiwan_policy.png",
-                 "eval/reliability_external_pressure.png"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "schema.json",
+        "stancewatch.json",
+        "eval/report.json",
+        "eval/report.md",
+        "eval/confusion_taiwan_policy.png",
+        "eval/reliability_external_pressure.png",
+    ):
         assert (folder / name).exists(), name
     report = json.loads((folder / "eval" / "report.json").read_text())
     assert "ece_uncalibrated" in report["targets"]["taiwan_policy"]
@@ -78,8 +93,11 @@ def test_training_saves_a_version_with_metadata_and_report(tiny_model):
 
 def test_partial_labels_and_class_weighting(tiny_base, tmp_path):
     p = tmp_path / "p.csv"
-    p.write_text("text,taiwan_policy,external_pressure\nA firm stance.,favor,\nHeed Beijing.,,favor\n"
-                 "Rain today.,none,none\nRetract it.,against,favor\n", encoding="utf-8")
+    p.write_text(
+        "text,taiwan_policy,external_pressure\nA firm stance.,favor,\nHeed Beijing.,,favor\n"
+        "Rain today.,none,none\nRetract it.,against,favor\n",
+        encoding="utf-8",
+    )
     data = load_labelled([p])
     result = train(data, tiny_cfg(tiny_base, class_weighting=True), save=False, progress=False)
     try:
@@ -88,9 +106,9 @@ def test_partial_labels_and_class_weighting(tiny_base, tmp_path):
         shutil.rmtree(result.folder, ignore_errors=True)
 
 
-def test_promotion_gate_and_rollback(tiny_base, tiny_csv, tiny_model, tmp_path):
+def test_promotion_gate_and_rollback(tiny_base, tiny_csv, tiny_model, tmp_path, restore_production):
     data = load_labelled([tiny_csv])
-    assert store.production_tag() == tiny_model.tag
+    store.promote(tiny_model.tag)  # whatever earlier tests left as production
     never = train(data, tiny_cfg(tiny_base), progress=False, promote="never")
     assert never.metadata["promotion"]["promote"] is False
     assert store.production_tag() == tiny_model.tag
@@ -103,10 +121,19 @@ def test_promotion_gate_and_rollback(tiny_base, tiny_csv, tiny_model, tmp_path):
     assert "nothing is left to compare" in decision["message"]
     assert store.production_tag() == tiny_model.tag
     fresh = tmp_path / "fresh.csv"
-    fresh.write_text("text,taiwan_policy,external_pressure\n" + "".join(
-        f"Fresh held-out sentence {i}.,{('favor', 'against', 'none')[i % 3]},none\n" for i in range(6)), encoding="utf-8")
-    auto = train(data, tiny_cfg(tiny_base), dev=load_labelled([fresh], schema=data.schema), progress=False,
-                 promote="auto", margin=1000.0)
+    fresh.write_text(
+        "text,taiwan_policy,external_pressure\n"
+        + "".join(f"Fresh held-out sentence {i}.,{('favor', 'against', 'none')[i % 3]},none\n" for i in range(6)),
+        encoding="utf-8",
+    )
+    auto = train(
+        data,
+        tiny_cfg(tiny_base),
+        dev=load_labelled([fresh], schema=data.schema),
+        progress=False,
+        promote="auto",
+        margin=1000.0,
+    )
     decision = auto.metadata["promotion"]
     assert decision["promote"] is True and decision["production_tag"] == tiny_model.tag
     assert "production_mean_f_avg" in decision
@@ -129,8 +156,9 @@ def test_weight_averaging_keeps_an_average_of_the_trajectory(tiny_base, tiny_csv
 
     data = load_labelled([tiny_csv])
     ex = data.examples
-    kw = dict(base_model=str(tiny_base), epochs=1, max_steps=6, batch_size=4, max_length=64, learning_rate=0.05,
-              members=1)
+    kw = dict(
+        base_model=str(tiny_base), epochs=1, max_steps=6, batch_size=4, max_length=64, learning_rate=0.05, members=1
+    )
     plain = fit(ex, ex, data.schema, TrainConfig(**kw), progress=False).network
     averaged = fit(ex, ex, data.schema, TrainConfig(**kw, ema_decay=0.9), progress=False).network
     start = StanceNetwork.from_base(str(tiny_base), [len(t.labels) for t in data.schema.targets], 0.1)
@@ -174,15 +202,25 @@ def test_frozen_embeddings_stay_and_the_rest_trains(tiny_base, tiny_csv):
 
     data = load_labelled([tiny_csv])
     ex = data.examples
-    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=4, batch_size=4, max_length=64,
-                      learning_rate=0.05, freeze_embeddings=True, label_smoothing=0.1, device="cpu")
+    cfg = TrainConfig(
+        base_model=str(tiny_base),
+        epochs=1,
+        max_steps=4,
+        batch_size=4,
+        max_length=64,
+        learning_rate=0.05,
+        freeze_embeddings=True,
+        label_smoothing=0.1,
+        device="cpu",
+    )
     trained = fit(ex, ex, data.schema, cfg, progress=False).network
     start = StanceNetwork.from_base(str(tiny_base), [len(t.labels) for t in data.schema.targets], 0.1)
     before, after = start.encoder.state_dict(), trained.encoder.state_dict()
     name = "embeddings.word_embeddings.weight"
     assert torch_equal(before[name], after[name])
-    assert not torch_equal(before["encoder.layer.0.attention.self.query.weight"],
-                           after["encoder.layer.0.attention.self.query.weight"])
+    assert not torch_equal(
+        before["encoder.layer.0.attention.self.query.weight"], after["encoder.layer.0.attention.self.query.weight"]
+    )
     assert trained.encoder.get_input_embeddings().weight.requires_grad  # handed back trainable
 
 
@@ -248,8 +286,11 @@ def test_members_are_averaged_greedily_and_recorded(tiny_base, tiny_csv):
     enc = souped.encoder.encode([e.text for e in ex], [e.context or None for e in ex])
     from stancewatch.training.evaluate import evaluate_predictions, gold_lists, split_probs
 
-    report = evaluate_predictions(data.schema, gold_lists(ex, data.schema),
-                                  split_probs(predict_logits(souped.network, souped.encoder, enc), data.schema))
+    report = evaluate_predictions(
+        data.schema,
+        gold_lists(ex, data.schema),
+        split_probs(predict_logits(souped.network, souped.encoder, enc), data.schema),
+    )
     assert report["mean_f_avg"] == pytest.approx(soup["dev_mean_f_avg"])
     with pytest.raises(ValueError, match="members"):
         TrainConfig(members=0)
@@ -269,8 +310,9 @@ def test_temperatures_are_fitted_on_a_split_that_early_stopping_never_saw(tiny_b
     from stancewatch.training.train import split_data, training_split
 
     data = _news_subset(30)
-    cfg = TrainConfig(base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=8, max_length=64, optimise=False,
-                      dev_fraction=0.3)
+    cfg = TrainConfig(
+        base_model=str(tiny_base), epochs=1, max_steps=2, batch_size=8, max_length=64, optimise=False, dev_fraction=0.3
+    )
     train_ex, held = training_split(data, cfg)
     splits = split_data(data, cfg)
     dev_ex, calib_ex, gate_ex = splits.dev, splits.calibration, splits.gate
@@ -281,17 +323,27 @@ def test_temperatures_are_fitted_on_a_split_that_early_stopping_never_saw(tiny_b
     result = train(data, cfg, save=False, progress=False)
     try:
         assert result.report["n_examples"] == len(calib_ex)  # the report is on the calibration split
-        assert result.metadata["data_size"] == {"train": len(train_ex), "dev": len(dev_ex), "calibration": len(calib_ex),
-                                                "gate": len(gate_ex)}
+        assert result.metadata["data_size"] == {
+            "train": len(train_ex),
+            "dev": len(dev_ex),
+            "calibration": len(calib_ex),
+            "gate": len(gate_ex),
+        }
         assert (result.folder / "data" / "calibration.jsonl").exists()
         # One split does all three when there are too few held-out examples (the tiny fixture data) ...
-        small = split_data(LabelledData(train_ex[:20], data.schema, data.report), cfg,
-                           dev=LabelledData(held[:10], data.schema, data.report))
+        small = split_data(
+            LabelledData(train_ex[:20], data.schema, data.report),
+            cfg,
+            dev=LabelledData(held[:10], data.schema, data.report),
+        )
         assert small.calibration is small.dev and small.gate is small.dev
         assert small.calibration_note.startswith("dev split") and "favours the candidate" in small.gate_note
         # ... and between 40 and 60 the gate shares the calibration split (temperatures change no label).
-        middle = split_data(LabelledData(train_ex[:20], data.schema, data.report), cfg,
-                            dev=LabelledData(held[:50], data.schema, data.report))
+        middle = split_data(
+            LabelledData(train_ex[:20], data.schema, data.report),
+            cfg,
+            dev=LabelledData(held[:50], data.schema, data.report),
+        )
         assert middle.separate_calibration and middle.gate is middle.calibration
         assert middle.gate_note.startswith("calibration split")
     finally:

@@ -89,8 +89,10 @@ class TrainConfig:
         if not 0 <= self.gate_fraction < 1:
             problems.append("gate_fraction must be in [0, 1)")
         elif self.calibration_fraction + self.gate_fraction >= 1:
-            problems.append(f"calibration_fraction + gate_fraction must be below 1 (the rest is the dev split), got "
-                            f"{self.calibration_fraction} + {self.gate_fraction}")
+            problems.append(
+                f"calibration_fraction + gate_fraction must be below 1 (the rest is the dev split), got "
+                f"{self.calibration_fraction} + {self.gate_fraction}"
+            )
         if not 0 <= self.ema_decay < 1:
             problems.append("ema_decay must be in [0, 1)")
         if not 0 <= self.dropout < 1:
@@ -144,7 +146,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_file(cls, path: str | Path, **overrides: Any) -> "TrainConfig":
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Load a JSON/YAML config file; unknown keys are an error, overrides win."""
         import yaml
 

@@ -97,7 +97,9 @@ def parse_articles(path: Path, labelled: bool = True) -> list[Article]:
             except CorpusError as exc:
                 problems.append(str(exc))
                 continue
-            articles.append(Article(h["id"], h["genre"], h["date"], h.get("outlet", ""), h.get("headline", ""), where=where))
+            articles.append(
+                Article(h["id"], h["genre"], h["date"], h.get("outlet", ""), h.get("headline", ""), where=where)
+            )
             blank = False
             continue
         if not articles:
@@ -134,9 +136,18 @@ def rows(articles: list[Article]) -> list[dict[str, str]]:
     out = []
     for art in articles:
         for i, (text, labels) in enumerate(zip(art.sentences, art.labels)):
-            out.append({"doc_id": art.doc_id, "sentence_index": str(i), "genre": art.genre, "date": art.date,
-                        "outlet": art.outlet, "text": text, "context": art.sentences[i - 1] if i else "",
-                        **dict(zip(TARGETS, labels))})
+            out.append(
+                {
+                    "doc_id": art.doc_id,
+                    "sentence_index": str(i),
+                    "genre": art.genre,
+                    "date": art.date,
+                    "outlet": art.outlet,
+                    "text": text,
+                    "context": art.sentences[i - 1] if i else "",
+                    **dict(zip(TARGETS, labels)),
+                }
+            )
     return out
 
 
@@ -167,7 +178,9 @@ def blind_copy(articles: list[Article], out_dir: Path, name: str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for art in articles:
-        lines.append(f"### id={art.doc_id} | genre={art.genre} | date={art.date} | outlet={art.outlet} | headline={art.headline}")
+        lines.append(
+            f"### id={art.doc_id} | genre={art.genre} | date={art.date} | outlet={art.outlet} | headline={art.headline}"
+        )
         for i, s in enumerate(art.sentences):
             if i and i in art.paragraph_starts:
                 lines.append("")
@@ -233,7 +246,10 @@ def apply_decisions(articles: list[Article], decisions: dict) -> int:
 def adjudication_markdown(articles: list[Article], second: dict, decisions: dict) -> str:
     """The adjudication list: every disagreement, both passes, the decision and its reason."""
     letter = {v: k for k, v in CODES.items()}
-    lines = ["| sentence | text | first pass | second pass | decision | rule | reason |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| sentence | text | first pass | second pass | decision | rule | reason |",
+        "|---|---|---|---|---|---|---|",
+    ]
     undecided = []
     for art in articles:
         for i, (text, labels) in enumerate(zip(art.sentences, art.labels)):
@@ -246,8 +262,10 @@ def adjudication_markdown(articles: list[Article], second: dict, decisions: dict
                 continue
             show = text if len(text) <= 160 else text[:157] + "..."
             cell = lambda pair: " ".join(letter[x] for x in pair)  # noqa: E731
-            lines.append(f"| {art.doc_id}:{i} | {show.replace('|', '/')} | {cell(labels)} | {cell(other)} | "
-                         f"{cell(d[:2])} | {d[2]} | {d[3].replace('|', '/')} |")
+            lines.append(
+                f"| {art.doc_id}:{i} | {show.replace('|', '/')} | {cell(labels)} | {cell(other)} | "
+                f"{cell(d[:2])} | {d[2]} | {d[3].replace('|', '/')} |"
+            )
     if undecided:
         raise CorpusError(f"disagreements without a decision: {', '.join(undecided[:10])}")
     return "\n".join(lines) + "\n"
@@ -270,14 +288,23 @@ def agreement(articles: list[Article], second: dict[tuple[str, int], tuple[str, 
                 first_l[t].append(labels[j])
                 second_l[t].append(other[j])
             if tuple(labels) != tuple(other):
-                disagreements.append({"doc_id": art.doc_id, "sentence_index": i, "text": text,
-                                      "context": art.sentences[i - 1] if i else "",
-                                      "first": list(labels), "second": list(other)})
+                disagreements.append(
+                    {
+                        "doc_id": art.doc_id,
+                        "sentence_index": i,
+                        "text": text,
+                        "context": art.sentences[i - 1] if i else "",
+                        "first": list(labels),
+                        "second": list(other),
+                    }
+                )
     out = {"sentences": len(first_l[TARGETS[0]]), "missing": missing, "disagreements": disagreements, "targets": {}}
     for t in TARGETS:
         a, b = first_l[t], second_l[t]
-        out["targets"][t] = {"kappa": float(cohen_kappa_score(a, b)) if a else 0.0,
-                             "agreement": sum(x == y for x, y in zip(a, b)) / max(1, len(a))}
+        out["targets"][t] = {
+            "kappa": float(cohen_kappa_score(a, b)) if a else 0.0,
+            "agreement": sum(x == y for x, y in zip(a, b)) / max(1, len(a)),
+        }
     return out
 
 
@@ -286,16 +313,22 @@ def stats_markdown(csv_path: Path) -> str:
     with Path(csv_path).open(newline="", encoding="utf-8") as fh:
         table = list(csv.DictReader(fh))
     genres = [g for g in GENRES if any(r["genre"] == g for r in table)]
-    head = "| genre | articles | sentences | none/none | " + " | ".join(
-        f"{t} {lab}" for t in TARGETS for lab in ("favor", "against", "none")) + " |"
+    head = (
+        "| genre | articles | sentences | none/none | "
+        + " | ".join(f"{t} {lab}" for t in TARGETS for lab in ("favor", "against", "none"))
+        + " |"
+    )
     lines = [head, "|" + "---|" * (4 + 3 * len(TARGETS))]
     for g in genres + ["all"]:
         sub = [r for r in table if g == "all" or r["genre"] == g]
         both = sum(r[TARGETS[0]] == r[TARGETS[1]] == "none" for r in sub)
         cells = [str(sum(r[t] == lab for r in sub)) for t in TARGETS for lab in ("favor", "against", "none")]
         name = f"**{g}**" if g == "all" else g
-        lines.append(f"| {name} | {len({r['doc_id'] for r in sub})} | {len(sub)} | {100 * both / len(sub):.0f}% | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {name} | {len({r['doc_id'] for r in sub})} | {len(sub)} | {100 * both / len(sub):.0f}% | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -305,7 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build", help="labelled article files -> wide CSV")
     b.add_argument("out", type=Path)
     b.add_argument("files", type=Path, nargs="+")
-    b.add_argument("--decisions", type=Path, nargs="*", default=[], help="adjudicated labels (TSV) that replace the files' own")
+    b.add_argument(
+        "--decisions", type=Path, nargs="*", default=[], help="adjudicated labels (TSV) that replace the files' own"
+    )
     bl = sub.add_parser("blind", help="labelled article files -> unlabelled copies for a second annotator")
     bl.add_argument("out_dir", type=Path)
     bl.add_argument("files", type=Path, nargs="+")
@@ -337,12 +372,15 @@ def main(argv: list[str] | None = None) -> int:
             second = read_second_pass(args.second)
             result = agreement(articles, second)
             if args.list:
-                args.list.write_text(adjudication_markdown(articles, second, read_decisions(args.decisions)),
-                                     encoding="utf-8")
+                args.list.write_text(
+                    adjudication_markdown(articles, second, read_decisions(args.decisions)), encoding="utf-8"
+                )
             for t, r in result["targets"].items():
                 print(f"{t}: kappa {r['kappa']:.3f}, agreement {100 * r['agreement']:.1f}%")
-            print(f"{result['sentences']} sentences compared, {len(result['disagreements'])} disagree, "
-                  f"{len(result['missing'])} without a second label")
+            print(
+                f"{result['sentences']} sentences compared, {len(result['disagreements'])} disagree, "
+                f"{len(result['missing'])} without a second label"
+            )
             if args.out:
                 args.out.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
     except CorpusError as exc:

@@ -15,20 +15,31 @@ import csv
 import hashlib
 import json
 import logging
-import os
 import random
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from stancewatch import settings
 from stancewatch.model.schema import Schema, SchemaError, default_schema
 
 # Columns that are never targets. `doc_id` also groups a document's sentences, so that splits and
 # by-article cross-validation never put one article on both sides (see `grouped_split`).
-RESERVED_COLUMNS = {"text", "context", "id", "source", "notes", "doc_id", "sentence_index", "genre", "date", "outlet",
-                    "headline", "language"}
+RESERVED_COLUMNS = {
+    "text",
+    "context",
+    "id",
+    "source",
+    "notes",
+    "doc_id",
+    "sentence_index",
+    "genre",
+    "date",
+    "outlet",
+    "headline",
+    "language",
+}
 LONG_COLUMNS = {"text", "target", "label"}
 SUPPORTED_SUFFIXES = {".csv": "csv", ".jsonl": "json", ".json": "json", ".ndjson": "json", ".parquet": "parquet"}
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -136,7 +147,14 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
     kind = SUPPORTED_SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataValidationError(
-            [Problem(str(path), None, "file", f"unsupported format {path.suffix!r}; allowed: {', '.join(SUPPORTED_SUFFIXES)}")]
+            [
+                Problem(
+                    str(path),
+                    None,
+                    "file",
+                    f"unsupported format {path.suffix!r}; allowed: {', '.join(SUPPORTED_SUFFIXES)}",
+                )
+            ]
         )
     if not path.exists():
         raise DataValidationError([Problem(str(path), None, "file", "no such file")])
@@ -149,8 +167,13 @@ def _read_rows(path: Path) -> tuple[list[str], list[dict]]:
             raise DataValidationError([Problem(str(path), None, "file", "empty file (no header row)")])
         features = datasets.Features({name: datasets.Value("string") for name in header})
         ds = datasets.load_dataset(
-            "csv", data_files=str(path), features=features, keep_default_na=False, na_filter=False,
-            encoding="utf-8-sig", **kwargs,
+            "csv",
+            data_files=str(path),
+            features=features,
+            keep_default_na=False,
+            na_filter=False,
+            encoding="utf-8-sig",
+            **kwargs,
         )
     elif kind == "json":
         from stancewatch.training.importers import read_export
@@ -233,11 +256,25 @@ def load_labelled(
         long = LONG_COLUMNS <= colset
         if not long and colset & {"target", "label"}:
             missing = sorted(LONG_COLUMNS - colset)
-            problems.append(Problem(str(path), None, "columns", f"long format needs columns text, target, label; missing: {', '.join(missing)}"))
+            problems.append(
+                Problem(
+                    str(path),
+                    None,
+                    "columns",
+                    f"long format needs columns text, target, label; missing: {', '.join(missing)}",
+                )
+            )
             continue
         target_cols = [] if long else [c for c in columns if c not in RESERVED_COLUMNS]
         if not long and not target_cols:
-            problems.append(Problem(str(path), None, "columns", "no target columns: use long format (text,target,label) or one column per target"))
+            problems.append(
+                Problem(
+                    str(path),
+                    None,
+                    "columns",
+                    "no target columns: use long format (text,target,label) or one column per target",
+                )
+            )
             continue
         if long:
             observed_targets |= {str(r.get("target") or "").strip() for r in rows} - {""}
@@ -260,7 +297,9 @@ def load_labelled(
                 problems.append(Problem(str(path), n, "text", "empty text"))
                 continue
             if context is None:
-                problems.append(Problem(str(path), n, "context", f"must be a string, got {type(row['context']).__name__}"))
+                problems.append(
+                    Problem(str(path), n, "context", f"must be a string, got {type(row['context']).__name__}")
+                )
                 continue
             text, context = text.strip(), context.strip()
             doc_id = row.get("doc_id")
@@ -281,36 +320,56 @@ def load_labelled(
                 for col in target_cols:
                     cell = _as_text(row.get(col))
                     if cell is None:
-                        problems.append(Problem(str(path), n, col, f"must be a string label, got {type(row[col]).__name__}"))
+                        problems.append(
+                            Problem(str(path), n, col, f"must be a string label, got {type(row[col]).__name__}")
+                        )
                     elif cell.strip():
                         pairs.append((col, cell.strip().lower()))
                 if not pairs:
-                    problems.append(Problem(str(path), n, "labels", f"no label for any target ({', '.join(target_cols)})"))
+                    problems.append(
+                        Problem(str(path), n, "labels", f"no label for any target ({', '.join(target_cols)})")
+                    )
                     continue
             for target, label in pairs:
                 raw.append((str(path), n, text, context, target, label))
 
     if infer:
         if problems or not raw:
-            raise DataValidationError(problems or [Problem(", ".join(map(str, paths)), None, "rows", "no labelled rows")])
+            raise DataValidationError(
+                problems or [Problem(", ".join(map(str, paths)), None, "rows", "no labelled rows")]
+            )
         try:
             schema = Schema.infer((r[4], r[5]) for r in raw)
         except SchemaError as exc:
-            raise DataValidationError([Problem(", ".join(map(str, paths)), None, "schema",
-                                               f"cannot infer a schema from the labels: {exc}; pass --schema")]) from None
+            raise DataValidationError(
+                [
+                    Problem(
+                        ", ".join(map(str, paths)),
+                        None,
+                        "schema",
+                        f"cannot infer a schema from the labels: {exc}; pass --schema",
+                    )
+                ]
+            ) from None
         report.schema_inferred = True
 
     allowed_targets = set(schema.target_names)
     checked = []
     for file, n, text, context, target, label in raw:
         if target not in allowed_targets:
-            problems.append(Problem(file, n, "target", f"unknown target {target!r}; allowed: {', '.join(schema.target_names)}"))
+            problems.append(
+                Problem(file, n, "target", f"unknown target {target!r}; allowed: {', '.join(schema.target_names)}")
+            )
             continue
         labels = schema.target(target).labels
         # Data labels are lower-cased on reading; a schema may spell them otherwise ("Pro", "Con").
         label = label if label in labels else {lab.lower(): lab for lab in labels}.get(label, label)
         if label not in labels:
-            problems.append(Problem(file, n, "label", f"unknown label {label!r} for target {target!r}; allowed: {', '.join(labels)}"))
+            problems.append(
+                Problem(
+                    file, n, "label", f"unknown label {label!r} for target {target!r}; allowed: {', '.join(labels)}"
+                )
+            )
             continue
         checked.append((file, n, text, context, target, label))
 
@@ -341,8 +400,13 @@ def load_labelled(
         else:
             file, n, _ = places[0]
             problems.append(
-                Problem(file, n, "label", f"conflicting labels for target {target!r} on the same text: {said} "
-                        "(fix them, or pass --drop-conflicts to drop such rows)")
+                Problem(
+                    file,
+                    n,
+                    "label",
+                    f"conflicting labels for target {target!r} on the same text: {said} "
+                    "(fix them, or pass --drop-conflicts to drop such rows)",
+                )
             )
 
     if problems:
@@ -386,7 +450,9 @@ def stratified_split(
     return [examples[i] for i in sorted(tr)], [examples[i] for i in sorted(dv)]
 
 
-def stratified_folds(examples: Sequence[Example], schema: Schema, k: int, seed: int) -> list[tuple[list[int], list[int]]]:
+def stratified_folds(
+    examples: Sequence[Example], schema: Schema, k: int, seed: int
+) -> list[tuple[list[int], list[int]]]:
     from sklearn.model_selection import StratifiedKFold
 
     strata = _strata(examples, schema)
@@ -483,9 +549,15 @@ def check_disjoint(train: LabelledData, dev: LabelledData) -> None:
         if seen is None:
             continue
         file, _, row = ex.source.rpartition(":row ")
-        problems.append(Problem(file or ex.source, int(row) if row.isdigit() else None, "text",
-                                f"also a training row ({seen}): {ex.text[:60]!r}; a row cannot be both trained and "
-                                "evaluated on: remove it from the --dev or the --data file(s)"))
+        problems.append(
+            Problem(
+                file or ex.source,
+                int(row) if row.isdigit() else None,
+                "text",
+                f"also a training row ({seen}): {ex.text[:60]!r}; a row cannot be both trained and "
+                "evaluated on: remove it from the --dev or the --data file(s)",
+            )
+        )
     if problems:
         raise DataValidationError(problems)
 
@@ -508,9 +580,13 @@ def merge(old: LabelledData, new: LabelledData) -> tuple[LabelledData, list[str]
         current = merged[key]
         for target, label in ex.labels.items():
             if target in current.labels and current.labels[target] != label:
-                conflicts.append(f"{target}: {ex.text[:80]!r} was {current.labels[target]!r}, now {label!r} ({ex.source})")
+                conflicts.append(
+                    f"{target}: {ex.text[:80]!r} was {current.labels[target]!r}, now {label!r} ({ex.source})"
+                )
             current.labels[target] = label
-    report = LoadReport(rows=old.report.rows + new.report.rows,
-                        duplicates_dropped=len(old.examples) + len(new.examples) - len(merged),
-                        warnings=list(new.report.warnings))
+    report = LoadReport(
+        rows=old.report.rows + new.report.rows,
+        duplicates_dropped=len(old.examples) + len(new.examples) - len(merged),
+        warnings=list(new.report.warnings),
+    )
     return LabelledData(list(merged.values()), new.schema, report, dict(old.roles)), conflicts

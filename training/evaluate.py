@@ -8,8 +8,8 @@ predictions first, as the official SemEval scorer does.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -18,7 +18,9 @@ from stancewatch.model.schema import Schema
 N_BINS = 10
 
 
-def split_probs(logits: np.ndarray, schema: Schema, temperatures: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+def split_probs(
+    logits: np.ndarray, schema: Schema, temperatures: dict[str, float] | None = None
+) -> dict[str, np.ndarray]:
     """Per-target probabilities from the concatenated logits, each target at its temperature."""
     from stancewatch.model.predictor import split_softmax
 
@@ -54,9 +56,15 @@ def reliability(probs: np.ndarray, gold: np.ndarray, bins: int = N_BINS) -> list
     out = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         mask = (conf > lo) & (conf <= hi)
-        out.append({"lo": float(lo), "hi": float(hi), "n": int(mask.sum()),
-                    "accuracy": float(correct[mask].mean()) if mask.any() else 0.0,
-                    "confidence": float(conf[mask].mean()) if mask.any() else 0.0})
+        out.append(
+            {
+                "lo": float(lo),
+                "hi": float(hi),
+                "n": int(mask.sum()),
+                "accuracy": float(correct[mask].mean()) if mask.any() else 0.0,
+                "confidence": float(conf[mask].mean()) if mask.any() else 0.0,
+            }
+        )
     return out
 
 
@@ -65,8 +73,10 @@ def _f1_table(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -
 
     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=list(labels), zero_division=0)
     return {
-        "per_label": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, lab in enumerate(labels)},
+        "per_label": {
+            lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+            for i, lab in enumerate(labels)
+        },
         "confusion": confusion_matrix(gold, pred, labels=list(labels)).tolist(),
     }
 
@@ -99,9 +109,11 @@ def evaluate_predictions(
             "f_avg": float(np.mean([f1s[lab]["f1"] for lab in stance])) if keep and stance else 0.0,
             "accuracy": float(np.mean([a == b for a, b in zip(g, pred)])) if keep else 0.0,
             # Gold-neutral examples that got a stance label: the "reads a position into an event" error.
-            "neutral_given_stance": (float(np.mean([p != schema.neutral_label for a, p in zip(g, pred)
-                                                    if a == schema.neutral_label]))
-                                     if schema.neutral_label in labels and schema.neutral_label in g else 0.0),
+            "neutral_given_stance": (
+                float(np.mean([p != schema.neutral_label for a, p in zip(g, pred) if a == schema.neutral_label]))
+                if schema.neutral_label in labels and schema.neutral_label in g
+                else 0.0
+            ),
             "ece": expected_calibration_error(pr, gold_ids),
             "reliability": reliability(pr, gold_ids),
         }
@@ -134,34 +146,64 @@ def summary(report: dict) -> dict:
     if "pooled_f_avg" in report:
         out["pooled_f_avg"] = round(report["pooled_f_avg"], 4)
     for name, t in report["targets"].items():
-        out[name] = {"f_avg": round(t["f_avg"], 4), "macro_f1": round(t["macro_f1"], 4), "ece": round(t["ece"], 4), "n": t["n"],
-                     "neutral_given_stance": round(t.get("neutral_given_stance", 0.0), 4)}
+        out[name] = {
+            "f_avg": round(t["f_avg"], 4),
+            "macro_f1": round(t["macro_f1"], 4),
+            "ece": round(t["ece"], 4),
+            "n": t["n"],
+            "neutral_given_stance": round(t.get("neutral_given_stance", 0.0), 4),
+        }
     return out
 
 
 def to_markdown(report: dict, title: str = "Evaluation") -> str:
-    lines = [f"# {title}", "", f"Examples: {report['n_examples']}  ", f"Mean F_avg over targets: **{100 * report['mean_f_avg']:.2f}**  ",
-             f"Mean macro-F1 over targets: {100 * report['mean_macro_f1']:.2f}  "]
+    lines = [
+        f"# {title}",
+        "",
+        f"Examples: {report['n_examples']}  ",
+        f"Mean F_avg over targets: **{100 * report['mean_f_avg']:.2f}**  ",
+        f"Mean macro-F1 over targets: {100 * report['mean_macro_f1']:.2f}  ",
+    ]
     if report.get("targets_without_labels"):
-        lines.append(f"Targets without labels here (left out of the means): {', '.join(report['targets_without_labels'])}  ")
+        lines.append(
+            f"Targets without labels here (left out of the means): {', '.join(report['targets_without_labels'])}  "
+        )
     if "pooled_f_avg" in report:
         lines.append(f"Pooled F_avg (SemEval-2016 official): {100 * report['pooled_f_avg']:.2f}  ")
     gate, promotion = report.get("gate"), report.get("promotion")
     if gate:
-        lines.append(f"Gate split ({gate['split']}): mean F_avg {100 * gate['mean_f_avg']:.2f} on {gate['n']} examples  ")
+        lines.append(
+            f"Gate split ({gate['split']}): mean F_avg {100 * gate['mean_f_avg']:.2f} on {gate['n']} examples  "
+        )
     if promotion:
         lines.append(f"Promotion: {promotion['message']}  ")
     for name, t in report["targets"].items():
-        lines += ["", f"## {name} (n={t['n']})", "",
-                  f"F_avg {100 * t['f_avg']:.2f}, macro-F1 {100 * t['macro_f1']:.2f}, accuracy {100 * t['accuracy']:.2f}, "
-                  f"ECE {t['ece']:.3f}" + (f" (before calibration {t['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in t else "")
-                  + (f", gold-neutral given a stance {100 * t['neutral_given_stance']:.1f}%" if "neutral_given_stance" in t else ""),
-                  "", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {name} (n={t['n']})",
+            "",
+            f"F_avg {100 * t['f_avg']:.2f}, macro-F1 {100 * t['macro_f1']:.2f}, accuracy {100 * t['accuracy']:.2f}, "
+            f"ECE {t['ece']:.3f}"
+            + (f" (before calibration {t['ece_uncalibrated']:.3f})" if "ece_uncalibrated" in t else "")
+            + (
+                f", gold-neutral given a stance {100 * t['neutral_given_stance']:.1f}%"
+                if "neutral_given_stance" in t
+                else ""
+            ),
+            "",
+            "| label | precision | recall | F1 | support |",
+            "|---|---|---|---|---|",
+        ]
         for lab, m in t["per_label"].items():
             lines.append(f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |")
         if t["confusion"]:
-            lines += ["", "Confusion matrix (rows gold, columns predicted):", "",
-                      "| gold \\ pred | " + " | ".join(t["labels"]) + " |", "|---" * (len(t["labels"]) + 1) + "|"]
+            lines += [
+                "",
+                "Confusion matrix (rows gold, columns predicted):",
+                "",
+                "| gold \\ pred | " + " | ".join(t["labels"]) + " |",
+                "|---" * (len(t["labels"]) + 1) + "|",
+            ]
             for lab, row in zip(t["labels"], t["confusion"]):
                 lines.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
@@ -191,14 +233,22 @@ def write_report(report: dict, folder: str | Path, title: str = "Evaluation") ->
         ax.set_title(name)
         for i in range(cm.shape[0]):
             for j in range(cm.shape[1]):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black" if cm[i, j] < cm.max() / 2 else "white")
+                ax.text(
+                    j, i, str(cm[i, j]), ha="center", va="center", color="black" if cm[i, j] < cm.max() / 2 else "white"
+                )
         fig.tight_layout()
         fig.savefig(folder / f"confusion_{name}.png")
         plt.close(fig)
         bins = [b for b in t["reliability"] if b["n"]]
         fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=110)
         ax.plot([0, 1], [0, 1], "--", color="grey")
-        ax.bar([(b["lo"] + b["hi"]) / 2 for b in bins], [b["accuracy"] for b in bins], width=1 / N_BINS, alpha=0.6, edgecolor="k")
+        ax.bar(
+            [(b["lo"] + b["hi"]) / 2 for b in bins],
+            [b["accuracy"] for b in bins],
+            width=1 / N_BINS,
+            alpha=0.6,
+            edgecolor="k",
+        )
         ax.set_xlabel("confidence")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{name}: ECE {t['ece']:.3f}")

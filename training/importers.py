@@ -53,7 +53,9 @@ def _label_studio_rows(tasks: list[dict]) -> tuple[list[dict], list[tuple[int, s
             if len(choices) != 1:
                 problems.append((n, item.get("from_name", "result"), f"expected exactly one choice, got {choices}"))
                 continue
-            rows.append({"text": text, "context": context, "target": item.get("from_name"), "label": choices[0], "_row": n})
+            rows.append(
+                {"text": text, "context": context, "target": item.get("from_name"), "label": choices[0], "_row": n}
+            )
     return rows, problems
 
 

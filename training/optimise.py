@@ -18,19 +18,18 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from stancewatch.model.encoding import collate
 from stancewatch.model.predictor import SETTINGS_FILE, StanceModel
-from stancewatch.model.runtime import agreement, export_fp32, quantize_int8
+from stancewatch.model.runtime import QuantizeOptions, agreement, export_fp32, quantize_int8
 from stancewatch.training.data import Example
 from stancewatch.training.evaluate import evaluate_predictions
 
 log = logging.getLogger(__name__)
-CALIBRATION_SIZE = 300
 MIN_AGREEMENT = 0.99  # argmax agreement with fp32 torch, per target, on the agreement sample
 MAX_F_AVG_DROP = 0.005  # 0.5 F_avg points, per target ...
 SIGNIFICANCE = 0.05  # ... rejected only when a drop that large is also significant at this level
@@ -45,12 +44,21 @@ def _probs(model: StanceModel, examples: Sequence[Example]) -> list[np.ndarray]:
 def _f_avg(model: StanceModel, probs: list[np.ndarray], examples: Sequence[Example]) -> dict[str, float]:
     from stancewatch.training.evaluate import gold_lists
 
-    report = evaluate_predictions(model.schema, gold_lists(examples, model.schema), dict(zip(model.schema.target_names, probs)))
+    report = evaluate_predictions(
+        model.schema, gold_lists(examples, model.schema), dict(zip(model.schema.target_names, probs))
+    )
     return {t: report["targets"][t]["f_avg"] for t in model.schema.target_names}
 
 
-def f_avg_drop_p_value(model_schema, dev_ex: Sequence[Example], ref: list[np.ndarray], cand: list[np.ndarray],
-                       target: str, rounds: int = BOOTSTRAP_ROUNDS, seed: int = 0) -> float:
+def f_avg_drop_p_value(
+    model_schema,
+    dev_ex: Sequence[Example],
+    ref: list[np.ndarray],
+    cand: list[np.ndarray],
+    target: str,
+    rounds: int = BOOTSTRAP_ROUNDS,
+    seed: int = 0,
+) -> float:
     """Paired bootstrap: the share of dev resamples in which the candidate's F_avg for `target` is
     not below the reference's (small: the drop is real; about 0.5 or more: it is noise)."""
     from stancewatch.training.evaluate import gold_lists
@@ -86,11 +94,14 @@ def optimise(folder: Path, network, train_ex: Sequence[Example], dev_ex: Sequenc
     """Export `network` (already saved in `folder`), validate int8/bf16, record the choice."""
     reference = StanceModel(folder, backend="torch")
     rng = random.Random(seed)
-    calib = rng.sample(list(train_ex), min(CALIBRATION_SIZE, len(train_ex)))
+    opts = QuantizeOptions()
+    calib = rng.sample(list(train_ex), min(opts.calibration, len(train_ex)))
     encoded = reference.encoder.encode([e.text for e in calib], [e.context or None for e in calib])
-    batches = [collate(encoded[i : i + 8], reference.encoder.pad_id) for i in range(0, len(encoded), 8)]
+    batches = [
+        collate(encoded[i : i + opts.batch], reference.encoder.pad_id) for i in range(0, len(encoded), opts.batch)
+    ]
     export_fp32(folder, network, batches[0])
-    quantize_int8(folder, batches)
+    quantize_int8(folder, batches, opts)
 
     # The agreement sample starts with the dev split (whose rows also give the F_avg check), then
     # training inputs up to AGREEMENT_SAMPLE: each candidate is run over it once.
@@ -99,8 +110,13 @@ def optimise(folder: Path, network, train_ex: Sequence[Example], dev_ex: Sequenc
     ref_sample = _probs(reference, sample)
     ref_probs = [p[:n_dev] for p in ref_sample]
     ref_f = _f_avg(reference, ref_probs, dev_ex)
-    runtime: dict = {"backend": "torch", "precision": "fp32", "checked_on": len(dev_ex),
-                     "agreement_sample": len(sample), "candidates": {}}
+    runtime: dict = {
+        "backend": "torch",
+        "precision": "fp32",
+        "checked_on": len(dev_ex),
+        "agreement_sample": len(sample),
+        "candidates": {},
+    }
     for precision in ("int8", "bf16"):
         cand = StanceModel(folder, backend="openvino", precision=precision)
         cand_sample = _probs(cand, sample)
@@ -108,8 +124,11 @@ def optimise(folder: Path, network, train_ex: Sequence[Example], dev_ex: Sequenc
         probs = [p[:n_dev] for p in cand_sample]
         f = _f_avg(cand, probs, dev_ex)
         drop = {t: ref_f[t] - f[t] for t in f}
-        p_values = {t: f_avg_drop_p_value(reference.schema, dev_ex, ref_probs, probs, t, seed=seed)
-                    for t, d in drop.items() if d > MAX_F_AVG_DROP}
+        p_values = {
+            t: f_avg_drop_p_value(reference.schema, dev_ex, ref_probs, probs, t, seed=seed)
+            for t, d in drop.items()
+            if d > MAX_F_AVG_DROP
+        }
         real_drop = {t: p for t, p in p_values.items() if p < SIGNIFICANCE}
         ok = all(a >= MIN_AGREEMENT for a in agree.values()) and not real_drop
         runtime["candidates"][precision] = {

@@ -19,8 +19,8 @@ the candidate's metadata and report.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -54,8 +54,14 @@ def _subset(probs: dict[str, np.ndarray], keep: list[int]) -> dict[str, np.ndarr
     return {t: p[keep] for t, p in probs.items()}
 
 
-def decide(schema: Schema, gate_ex: Sequence[Example], candidate_probs: dict[str, np.ndarray], mode: str,
-           margin: float, gate_note: str = "") -> dict:
+def decide(
+    schema: Schema,
+    gate_ex: Sequence[Example],
+    candidate_probs: dict[str, np.ndarray],
+    mode: str,
+    margin: float,
+    gate_note: str = "",
+) -> dict:
     """Return {promote, message, candidate_mean_f_avg, compared_examples, production_tag?,
     production_mean_f_avg?, excluded_production_rows?, ...}.
 
@@ -68,9 +74,15 @@ def decide(schema: Schema, gate_ex: Sequence[Example], candidate_probs: dict[str
         raise ValueError(f"promotion mode must be one of {', '.join(MODES)}, got {mode!r}")
     gate_ex = list(gate_ex)
     full = evaluate_predictions(schema, gold_lists(gate_ex, schema), candidate_probs)
-    out = {"mode": mode, "margin_points": margin, "gate_split": gate_note, "gate_examples": len(gate_ex),
-           "candidate_mean_f_avg": round(full["mean_f_avg"], 4), "compared_examples": len(gate_ex),
-           "targets_without_labels": full["targets_without_labels"]}
+    out = {
+        "mode": mode,
+        "margin_points": margin,
+        "gate_split": gate_note,
+        "gate_examples": len(gate_ex),
+        "candidate_mean_f_avg": round(full["mean_f_avg"], 4),
+        "compared_examples": len(gate_ex),
+        "targets_without_labels": full["targets_without_labels"],
+    }
     prod_tag = store.production_tag()
     if mode == "never":
         return {**out, "promote": False, "message": "not promoted (--promote never)"}
@@ -81,9 +93,12 @@ def decide(schema: Schema, gate_ex: Sequence[Example], candidate_probs: dict[str
     prod = StanceModel.load(prod_tag)
     out["production_tag"] = prod_tag
     if not _same_task(prod.schema, schema):
-        return {**out, "promote": False,
-                "message": f"not promoted: production {prod_tag} has other targets/labels, so they cannot be compared "
-                           "(use --promote always to replace it)"}
+        return {
+            **out,
+            "promote": False,
+            "message": f"not promoted: production {prod_tag} has other targets/labels, so they cannot be compared "
+            "(use --promote always to replace it)",
+        }
 
     seen = production_rows(prod.folder)
     if seen is None:
@@ -95,26 +110,41 @@ def decide(schema: Schema, gate_ex: Sequence[Example], candidate_probs: dict[str
     out["excluded_shown"] = [f"{gate_ex[i].source}: {gate_ex[i].text[:60]!r}" for i in excluded[:SHOWN_EXCLUDED]]
     out["compared_examples"] = len(keep)
     if not keep:
-        return {**out, "promote": False,
-                "message": f"not promoted: all {len(gate_ex)} gate examples are rows production {prod_tag} trained or "
-                           "early-stopped on, so nothing is left to compare them on fairly (label new held-out data, "
-                           "or use --promote always)"}
+        return {
+            **out,
+            "promote": False,
+            "message": f"not promoted: all {len(gate_ex)} gate examples are rows production {prod_tag} trained or "
+            "early-stopped on, so nothing is left to compare them on fairly (label new held-out data, "
+            "or use --promote always)",
+        }
     compared = [gate_ex[i] for i in keep]
     gold = gold_lists(compared, schema)
     cand_report = evaluate_predictions(schema, gold, _subset(candidate_probs, keep))
     probs, _ = prod.predict_arrays([e.text for e in compared], [e.context or None for e in compared])
     prod_report = evaluate_predictions(schema, gold, dict(zip(schema.target_names, probs)))
     cand, prod_score = cand_report["mean_f_avg"], prod_report["mean_f_avg"]
-    out.update(candidate_mean_f_avg=round(cand, 4), production_mean_f_avg=round(prod_score, 4),
-               targets_without_labels=cand_report["targets_without_labels"],
-               per_target={t: {"candidate_f_avg": round(cand_report["targets"][t]["f_avg"], 4),
-                               "production_f_avg": round(prod_report["targets"][t]["f_avg"], 4),
-                               "n": cand_report["targets"][t]["n"]} for t in schema.target_names})
+    out.update(
+        candidate_mean_f_avg=round(cand, 4),
+        production_mean_f_avg=round(prod_score, 4),
+        targets_without_labels=cand_report["targets_without_labels"],
+        per_target={
+            t: {
+                "candidate_f_avg": round(cand_report["targets"][t]["f_avg"], 4),
+                "production_f_avg": round(prod_report["targets"][t]["f_avg"], 4),
+                "n": cand_report["targets"][t]["n"],
+            }
+            for t in schema.target_names
+        },
+    )
     delta = 100 * (cand - prod_score)
-    figures = (f"candidate {100 * cand:.2f} vs production {prod_tag} {100 * prod_score:.2f} mean F_avg on the same "
-               f"{len(keep)} gate examples")
+    figures = (
+        f"candidate {100 * cand:.2f} vs production {prod_tag} {100 * prod_score:.2f} mean F_avg on the same "
+        f"{len(keep)} gate examples"
+    )
     if excluded:
-        figures += f" ({len(excluded)} of the gate's {len(gate_ex)} left out: production trained or early-stopped on them)"
+        figures += (
+            f" ({len(excluded)} of the gate's {len(gate_ex)} left out: production trained or early-stopped on them)"
+        )
     elif out.get("production_rows_known") is False:
         figures += " (production stored no data files, so rows it trained on could not be left out)"
     if gate_note.startswith("dev split"):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -34,10 +34,12 @@ def greedy_soup(members: Sequence, evaluate: Callable) -> tuple[dict, dict]:
         if trial >= score:
             chosen, score = chosen + [i], trial
     ensemble = {t: np.mean([m.dev_probs[t] for m in members], axis=0) for t in members[0].dev_probs}
-    info = {"members": [{"seed": m.seed, "dev_mean_f_avg": m.dev_mean_f_avg, "best_epoch": m.best_epoch}
-                        for m in members],
-            "chosen": [members[j].seed for j in chosen], "dev_mean_f_avg": score,
-            # The soup's epoch is that of its first (best) member, which need not be the first trained.
-            "best_epoch": members[chosen[0]].best_epoch,
-            "ensemble_dev_mean_f_avg": evaluate(probs=ensemble)[0]}
+    info = {
+        "members": [{"seed": m.seed, "dev_mean_f_avg": m.dev_mean_f_avg, "best_epoch": m.best_epoch} for m in members],
+        "chosen": [members[j].seed for j in chosen],
+        "dev_mean_f_avg": score,
+        # The soup's epoch is that of its first (best) member, which need not be the first trained.
+        "best_epoch": members[chosen[0]].best_epoch,
+        "ensemble_dev_mean_f_avg": evaluate(probs=ensemble)[0],
+    }
     return average([members[j].state for j in chosen]), info

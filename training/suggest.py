@@ -9,9 +9,9 @@ from one document, so the batch is spread over documents and targets.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -38,8 +38,9 @@ def uncertainty(probs: np.ndarray, strategy: str) -> np.ndarray:
     raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
 
 
-def candidates(model, documents: Iterable[tuple[str, str]], strategy: str, max_sentences: int,
-               chunk: int = 512) -> list[Candidate]:
+def candidates(
+    model, documents: Iterable[tuple[str, str]], strategy: str, max_sentences: int, chunk: int = 512
+) -> list[Candidate]:
     """Score the sentences of `(doc_id, text)` documents, up to `max_sentences`."""
     out: list[Candidate] = []
     pending: list[tuple[str, int, str, str]] = []
@@ -51,8 +52,7 @@ def candidates(model, documents: Iterable[tuple[str, str]], strategy: str, max_s
         r = model.read([p[2] for p in pending], [p[3] or None for p in pending])
         scores = np.stack([uncertainty(p, strategy) for p in r.probs], axis=1)
         # Sentences in a language the model does not read are not offered: their labels would not help it.
-        out.extend(Candidate(d, i, t, c, s.tolist())
-                   for (d, i, t, c), s, ok in zip(pending, scores, r.supported) if ok)
+        out.extend(Candidate(d, i, t, c, s.tolist()) for (d, i, t, c), s, ok in zip(pending, scores, r.supported) if ok)
         pending.clear()
 
     for doc_id, text in documents:

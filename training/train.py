@@ -16,9 +16,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,14 @@ from stancewatch.training.data import (
     grouped_split,
     write_examples,
 )
-from stancewatch.training.evaluate import evaluate_predictions, fit_temperature, gold_lists, split_probs, summary, write_report
+from stancewatch.training.evaluate import (
+    evaluate_predictions,
+    fit_temperature,
+    gold_lists,
+    split_probs,
+    summary,
+    write_report,
+)
 from stancewatch.training.loop import (  # noqa: F401  (predict_logits is part of this module's API)
     IGNORE,
     autocast,
@@ -180,8 +188,11 @@ def batch_loss(run: Run, idx: list[int]):
         mask = y[:, j] != IGNORE
         if mask.any():
             loss = loss + torch.nn.functional.cross_entropy(
-                logits[:, start : start + size][mask], y[:, j][mask], weight=run.weights[j],
-                label_smoothing=run.cfg.label_smoothing)
+                logits[:, start : start + size][mask],
+                y[:, j][mask],
+                weight=run.weights[j],
+                label_smoothing=run.cfg.label_smoothing,
+            )
         start += size
     return loss
 
@@ -198,8 +209,9 @@ def ema_update(ema: dict, network, decay: float) -> None:
                 ema[k].copy_(v)
 
 
-def train_epoch(run: Run, optimizer, scheduler, rng: random.Random, ema: dict | None, step: int, epoch: int
-                ) -> tuple[list[float], int]:
+def train_epoch(
+    run: Run, optimizer, scheduler, rng: random.Random, ema: dict | None, step: int, epoch: int
+) -> tuple[list[float], int]:
     """One pass over the training batches; returns the batch losses and the global step reached."""
     import torch
 
@@ -250,11 +262,14 @@ def train_member(run: Run, seed: int, progress: bool) -> Member:
             live = _snapshot(network)
             network.load_state_dict(ema)
         score, dev_probs = evaluate_dev(run)
-        best.history.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else 0.0,
-                             "dev_mean_f_avg": score})
+        best.history.append(
+            {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else 0.0, "dev_mean_f_avg": score}
+        )
         log.info("epoch %d: loss %.4f dev F_avg %.4f", epoch, best.history[-1]["train_loss"], score)
         if progress:
-            run.bar.write(f"epoch {epoch}: train loss {best.history[-1]['train_loss']:.4f}, dev mean F_avg {100 * score:.2f}")
+            run.bar.write(
+                f"epoch {epoch}: train loss {best.history[-1]['train_loss']:.4f}, dev mean F_avg {100 * score:.2f}"
+            )
         if score > best.dev_mean_f_avg:
             best.dev_mean_f_avg, best.best_epoch, best.dev_probs, bad_epochs = score, epoch, dev_probs, 0
             best.state = _snapshot(network)
@@ -308,11 +323,29 @@ def fit(
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
     # Redraw at most every 10 s when the output is a log file rather than a terminal.
-    bar = tqdm(total=steps * cfg.members, desc="training", unit="step", disable=not progress,
-               dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 10.0)
-    run = Run(network, encoder, schema, cfg, device, cfg.use_bf16(device), train_enc, y_train,
-              encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex]), gold_lists(dev_ex, schema),
-              class_weights(y_train, schema, cfg, device), steps, bar)
+    bar = tqdm(
+        total=steps * cfg.members,
+        desc="training",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,
+    )
+    run = Run(
+        network,
+        encoder,
+        schema,
+        cfg,
+        device,
+        cfg.use_bf16(device),
+        train_enc,
+        y_train,
+        encoder.encode([e.text for e in dev_ex], [e.context or None for e in dev_ex]),
+        gold_lists(dev_ex, schema),
+        class_weights(y_train, schema, cfg, device),
+        steps,
+        bar,
+    )
 
     initial = _snapshot(network) if cfg.members > 1 else None
     members = []
@@ -327,8 +360,12 @@ def fit(
     bar.close()
     soup = None
     if cfg.members == 1:
-        best_state, best_score, best_epoch, history = (members[0].state, members[0].dev_mean_f_avg,
-                                                       members[0].best_epoch, members[0].history)
+        best_state, best_score, best_epoch, history = (
+            members[0].state,
+            members[0].dev_mean_f_avg,
+            members[0].best_epoch,
+            members[0].history,
+        )
     else:
         from stancewatch.training.soup import greedy_soup
 
@@ -339,8 +376,19 @@ def fit(
         network.load_state_dict(best_state)
     network.cpu().eval()  # saving, export and CPU inference follow
     network.encoder.get_input_embeddings().weight.requires_grad_(True)
-    return FitResult(network, encoder, tok_json, best_epoch, best_score, history, time.time() - started, scratch, tapt,
-                     soup, run.bf16)
+    return FitResult(
+        network,
+        encoder,
+        tok_json,
+        best_epoch,
+        best_score,
+        history,
+        time.time() - started,
+        scratch,
+        tapt,
+        soup,
+        run.bf16,
+    )
 
 
 def training_split(data: LabelledData, cfg: TrainConfig, dev: LabelledData | None = None):
@@ -376,9 +424,12 @@ class Splits:
         return self.gate is not self.calibration and self.gate is not self.dev
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "dev": len(self.dev),
-                "calibration": len(self.calibration) if self.separate_calibration else 0,
-                "gate": len(self.gate) if self.separate_gate else 0}
+        return {
+            "train": len(self.train),
+            "dev": len(self.dev),
+            "calibration": len(self.calibration) if self.separate_calibration else 0,
+            "gate": len(self.gate) if self.separate_gate else 0,
+        }
 
 
 def _cut(examples: Sequence[Example], schema: Schema, share: float, seed: int) -> tuple[list, list]:
@@ -442,8 +493,13 @@ def split_data(data: LabelledData, cfg: TrainConfig, dev: LabelledData | None = 
         calibration_note = f"separate calibration split ({len(calib_ex)} examples)"
     else:
         calib_ex = dev_ex
-        why = (f"fewer than {MIN_CALIBRATION} held-out examples" if len(held) < MIN_CALIBRATION
-               else "calibration_fraction is 0" if not cfg.calibration_fraction else "the held-out examples could not be divided")
+        why = (
+            f"fewer than {MIN_CALIBRATION} held-out examples"
+            if len(held) < MIN_CALIBRATION
+            else "calibration_fraction is 0"
+            if not cfg.calibration_fraction
+            else "the held-out examples could not be divided"
+        )
         calibration_note = f"dev split ({why}): temperatures and report share early stopping's examples"
     if gate_ex:
         gate_note = f"separate gate split ({len(gate_ex)} examples that chose nothing about the candidate)"
@@ -455,7 +511,9 @@ def split_data(data: LabelledData, cfg: TrainConfig, dev: LabelledData | None = 
         gate_note = f"calibration split ({why}; it chose only the temperatures, which change no predicted label)"
     else:
         gate_ex = dev_ex
-        gate_note = "dev split (too few held-out examples): it chose the candidate's epochs, so the gate favours the candidate"
+        gate_note = (
+            "dev split (too few held-out examples): it chose the candidate's epochs, so the gate favours the candidate"
+        )
     return Splits(train_ex, dev_ex, calib_ex, gate_ex, calibration_note, gate_note)
 
 
@@ -492,8 +550,15 @@ def train(
     staging = Path(tempfile.mkdtemp(prefix="stancewatch-model-"))
     try:
         try:
-            write_artifact(staging, result.network, result.tokenizer_json, schema,
-                           max_length=cfg.max_length, base_model=base_model_name(cfg), languages=languages)
+            write_artifact(
+                staging,
+                result.network,
+                result.tokenizer_json,
+                schema,
+                max_length=cfg.max_length,
+                base_model=base_model_name(cfg),
+                languages=languages,
+            )
         finally:
             result.release_scratch()
         runtime = {"backend": "torch", "precision": "fp32"}
@@ -526,8 +591,9 @@ def train(
             write_examples(calib_ex, schema, staging / "data" / "calibration.jsonl")
         if splits.separate_gate:
             write_examples(gate_ex, schema, staging / "data" / "gate.jsonl")
-        report = evaluate_predictions(schema, gold, split_probs(calib_logits, schema, temperatures),
-                                      raw_probs=split_probs(calib_logits, schema))
+        report = evaluate_predictions(
+            schema, gold, split_probs(calib_logits, schema, temperatures), raw_probs=split_probs(calib_logits, schema)
+        )
         report["temperatures"] = temperatures
         report["calibration"] = calibration_note
         report["dev_mean_f_avg"] = result.best_dev_f_avg
@@ -535,8 +601,12 @@ def train(
         gate_logits = calib_logits if gate_ex is calib_ex else logits_of(gate_ex)
         gate_probs = split_probs(gate_logits, schema, temperatures)
         gate_report = evaluate_predictions(schema, gold_lists(gate_ex, schema), gate_probs)
-        report["gate"] = {"split": splits.gate_note, "n": len(gate_ex), **summary(gate_report),
-                          "targets_without_labels": gate_report["targets_without_labels"]}
+        report["gate"] = {
+            "split": splits.gate_note,
+            "n": len(gate_ex),
+            **summary(gate_report),
+            "targets_without_labels": gate_report["targets_without_labels"],
+        }
         decision = None
         if save:
             from stancewatch.training.promotion import decide
