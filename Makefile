@@ -8,7 +8,7 @@ export BENTOML_DO_NOT_TRACK := True
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup serve test test-fast corpus
+.PHONY: setup serve test test-fast lint corpus
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,8 +25,13 @@ serve: setup
 	$(SW) init
 	$(SW) serve --host $(HOST) --port $(PORT)
 
-test: setup
+# Lint and format check first (seconds), then the suite.
+test: setup lint
 	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow"

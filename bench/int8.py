@@ -95,17 +95,24 @@ def main() -> None:
         ref = reference.predict_arrays(texts, contexts)[0]
         fp32_ov = StanceModel(folder, backend="openvino", precision="fp32", threads=args.threads)
         base_speed = throughput(fp32_ov, texts, contexts)
-        print(f"model {store.get(args.model).tag}; sample {len(sample)} sentences (news test + example documents), "
-              f"calibration drawn from {len(train)} training sentences; fp32 IR {base_speed:.0f} sentences/s")
-        print(f"{'variant':22s} " + " ".join(f"{t[:17]:>17s}" for t in reference.schema.target_names)
-              + "   flips  int8/fp32 speed  quantise s")
+        print(
+            f"model {store.get(args.model).tag}; sample {len(sample)} sentences (news test + example documents), "
+            f"calibration drawn from {len(train)} training sentences; fp32 IR {base_speed:.0f} sentences/s"
+        )
+        print(
+            f"{'variant':22s} "
+            + " ".join(f"{t[:17]:>17s}" for t in reference.schema.target_names)
+            + "   flips  int8/fp32 speed  quantise s"
+        )
         names = [n for n in args.only.split(",") if n] or list(VARIANTS)
         for name in names:
             opts = VARIANTS[name]
             rng = random.Random(0)
             calib = rng.sample(train, opts.calibration)
             enc = reference.encoder.encode([t for t, _ in calib], [c for _, c in calib])
-            batches = [collate(enc[i : i + opts.batch], reference.encoder.pad_id) for i in range(0, len(enc), opts.batch)]
+            batches = [
+                collate(enc[i : i + opts.batch], reference.encoder.pad_id) for i in range(0, len(enc), opts.batch)
+            ]
             t0 = time.perf_counter()
             quantize_int8(folder, batches, opts)
             q_s = time.perf_counter() - t0
@@ -114,8 +121,12 @@ def main() -> None:
             agree = agreement(ref, got)
             flips = sum(int((r.argmax(1) != g.argmax(1)).sum()) for r, g in zip(ref, got))
             speed = throughput(cand, texts, contexts)
-            print(f"{name:22s} " + " ".join(f"{a * 100:16.2f}%" for a in agree)
-                  + f"   {flips:5d}  {speed / base_speed:14.2f}x  {q_s:9.1f}", flush=True)
+            print(
+                f"{name:22s} "
+                + " ".join(f"{a * 100:16.2f}%" for a in agree)
+                + f"   {flips:5d}  {speed / base_speed:14.2f}x  {q_s:9.1f}",
+                flush=True,
+            )
             (folder / OV_DIR / "model_int8.xml").unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)

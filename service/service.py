@@ -31,10 +31,12 @@ from stancewatch.service.io import (  # noqa: E402,F401  (EXAMPLE_* and the mode
     MAX_SENTENCES,
     DocumentRequest,
     DocumentResponse,
+    JSONResult,
     ModelInfo,
     PredictRequest,
     PredictResponse,
     invalid,
+    too_large,
 )
 from stancewatch.service.middleware import GuardMiddleware  # noqa: E402
 from stancewatch.service.reload import ProductionWatcher  # noqa: E402
@@ -73,8 +75,10 @@ def get_model_info() -> dict:
 UI_PAGE = Path(__file__).resolve().parent / "static" / "ui.html"
 # The page loads nothing from elsewhere; this header makes the browser hold it to that (no CDN, no
 # web fonts: it works offline) and keeps it from sending article text anywhere but this service.
-UI_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-             "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+UI_POLICY = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+    "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 @info_app.get("/ui", include_in_schema=False)
@@ -86,8 +90,13 @@ def get_ui():
 
 
 @bentoml.asgi_app(info_app, path="/")
-@bentoml.service(name="stancewatch", workers=WORKERS, resources={"cpu": str(THREADS * WORKERS)}, traffic={"timeout": 600},
-                 logging={"access": {"enabled": _BOOT.access_log}})
+@bentoml.service(
+    name="stancewatch",
+    workers=WORKERS,
+    resources={"cpu": str(THREADS * WORKERS)},
+    traffic={"timeout": 600},
+    logging={"access": {"enabled": _BOOT.access_log}},
+)
 class StanceService:
     """Sentence-level stance classification: every sentence gets a label and probabilities per target."""
 
@@ -96,30 +105,41 @@ class StanceService:
     def __init__(self) -> None:
         from stancewatch.model.predictor import StanceModel
 
-        # The event loop and the inference thread share the GIL; a shorter switch interval than the
-        # default 5 ms lets the inference thread take it back sooner. On two cores this made no
-        # measurable difference to throughput under load (see README, HTTP service), and costs nothing.
+        # The event loop and the inference thread share the GIL. A switch interval shorter than
+        # Python's 5 ms made no measurable difference with MiniLM (its compute releases the GIL), and
+        # cost 25-40% of served throughput with a model whose inference is mostly Python (the tiny
+        # test model, bench/serve.py): the default is now Python's own; the setting stays for trials.
         self.settings = cfg = settings.load()
         sys.setswitchinterval(cfg.switch_interval_s)
 
         self.backend_choice = cfg.backend
-        self.model = StanceModel(Path(self.model_ref.path), backend=cfg.backend, threads=THREADS, tag=str(self.model_ref.tag))
+        self.model = StanceModel(
+            Path(self.model_ref.path), backend=cfg.backend, threads=THREADS, tag=str(self.model_ref.tag)
+        )
         from stancewatch.model.language import detect_languages
 
         detect_languages(["Load the language models now, not in the first request."])  # ~2 s, once
         self.tag = self.model.tag
-        self.batcher = MicroBatcher(self._run_batch, max_items=cfg.batch_items, gather_ms=cfg.gather_ms,
-                                    thread_init=getattr(self.model.backend, "thread_init", None))
+        # Each job carries the model its request started on, and a batch holds one model's jobs.
+        self.batcher = MicroBatcher(
+            self._run_batch,
+            max_items=cfg.batch_items,
+            gather_ms=cfg.gather_ms,
+            thread_init=getattr(self.model.backend, "thread_init", None),
+            keyed=True,
+        )
         # A pinned tag ($STANCEWATCH_MODEL) is never reloaded.
         reload_s = 0.0 if cfg.model else cfg.reload_seconds
         self.reloader = ProductionWatcher(self, reload_s) if reload_s > 0 else None
 
-    def _run_batch(self, items: list[tuple[str, Optional[str]]]) -> list[dict]:
-        model = self.model  # a reload swaps self.model; a batch finishes on the model it started with
+    def _run_batch(self, items: list[tuple[str, Optional[str]]], model) -> list[dict]:
+        # `model` is the version the requests in this batch started on (the batcher's key), not
+        # self.model: a request split over several batches is scored by one version throughout.
         return [p.to_dict() for p in model.predict([s for s, _ in items], [c for _, c in items])]
 
     def swap_model(self, model) -> None:
-        """Serve `model` from the next batch on (in-flight batches finish on the old one)."""
+        """Serve `model` to requests that arrive from now on; requests already running finish on
+        the version they started with (it travels in their batcher jobs)."""
         old = self.model
         self.model, self.tag = model, model.tag
         thread_init = getattr(model.backend, "thread_init", None)
@@ -127,47 +147,107 @@ class StanceService:
             self.batcher.run_in_worker(thread_init)
         logger.info("now serving %s (was %s)", model.tag, old.tag)
 
+    async def _over_token_limit(self, model, sentences: list[str], contexts: list, field: str) -> JSONResult | None:
+        """A 413 answer when the request's model input exceeds $STANCEWATCH_MAX_TOKENS, else None.
+
+        Every input is at most the model's max_length tokens, so a request with n * max_length
+        within the limit is never tokenised here (all /predict requests at the defaults: 256 x 128
+        = 32,768 <= 128,000); only larger documents are, which cost 0.22 s per 2,000 sentences with
+        their contexts on a busy 2-core machine against seconds of inference.
+        """
+        limit = self.settings.max_tokens
+        if len(sentences) * model.max_length <= limit:
+            return None
+        encoded = await asyncio.to_thread(model.encoder.encode, sentences, contexts)
+        total = sum(len(e) for e in encoded)
+        if total <= limit:
+            return None
+        return too_large(
+            [field],
+            "too_many_tokens",
+            total,
+            limit,
+            "STANCEWATCH_MAX_TOKENS",
+            f"the request is {total:,} model input tokens (sentences with their contexts, after "
+            f"truncation to {model.max_length} each), over the limit of {limit:,}",
+        )
+
     @bentoml.api(input_spec=PredictRequest)
     async def predict(self, sentences: list[str], contexts: Optional[list[Optional[str]]] = None) -> PredictResponse:
         """Classify sentences (each optionally with the sentence before it as context), in input order."""
-        results = await self.batcher.submit(list(zip(sentences, contexts or [None] * len(sentences))))
-        return PredictResponse(model=self.tag, sentences=results)
+        model = self.model  # this request is scored by this version from start to end, whatever reloads
+        contexts = contexts or [None] * len(sentences)
+        refused = await self._over_token_limit(model, sentences, contexts, "sentences")
+        if refused is not None:
+            return refused
+        results = await self.batcher.submit(list(zip(sentences, contexts)), key=model)
+        # A ready JSON response: BentoML passes a Response through, so the results (already checked
+        # by the predictor) are not validated into PredictResponse and dumped again per request.
+        return JSONResult({"model": model.tag, "sentences": results})
 
     @bentoml.api(input_spec=DocumentRequest)
     async def predict_document(self, text: str, id: Optional[str] = None) -> DocumentResponse:
         """Split a document into sentences, classify each with the one before it, and summarise per target."""
         from stancewatch.model.splitter import split_sentences, with_context
 
+        model = self.model  # the tag, the outputs and the summary's targets all come from this version
         parts = await asyncio.to_thread(split_sentences, text)
         if not parts:
             raise invalid("DocumentRequest", ("text",), "no_sentences", "the document contains no sentences")
-        results = await self.batcher.submit(list(zip([s.text for s in parts], with_context(parts))))
+        limit = self.settings.max_doc_sentences
+        if len(parts) > limit:
+            return too_large(
+                ["text"],
+                "too_many_sentences",
+                len(parts),
+                limit,
+                "STANCEWATCH_MAX_DOC_SENTENCES",
+                f"the document has {len(parts):,} sentences, over the limit of {limit:,}; "
+                "split it or send the sentences in parts",
+            )
+        texts, contexts = [s.text for s in parts], with_context(parts)
+        refused = await self._over_token_limit(model, texts, contexts, "text")
+        if refused is not None:
+            return refused
+        results = await self.batcher.submit(list(zip(texts, contexts)), key=model)
         sentences = [{"index": s.index, "start": s.start, "end": s.end, **r} for s, r in zip(parts, results)]
-        return DocumentResponse(model=self.tag, id=id, sentences=sentences, summary=self.summarise(results))
+        return JSONResult(
+            {"model": model.tag, "id": id, "sentences": sentences, "summary": self.summarise(results, model)}
+        )
 
-    def summarise(self, results: list[dict]) -> dict[str, dict]:
-        """Per target: how many supported sentences got each label, their share, the mean probabilities,
-        and how many sentences were in a language the model does not read (counted apart)."""
+    def summarise(self, results: list[dict], model=None) -> dict[str, dict]:
+        """Per target of `model` (default: the serving one): how many supported sentences got each label,
+        their share, the mean probabilities, and how many sentences were in a language the model does not
+        read (counted apart)."""
         read = [r for r in results if r["supported"]]
         n, out = max(1, len(read)), {}
-        for target in self.model.schema.targets:
+        for target in (model or self.model).schema.targets:
             counts = {lab: sum(r["stances"][target.name]["label"] == lab for r in read) for lab in target.labels}
             out[target.name] = {
                 "counts": counts,
                 "shares": {lab: round(c / n, 6) for lab, c in counts.items()},
-                "mean_probs": {lab: round(sum(r["stances"][target.name]["probs"][lab] for r in read) / n, 6)
-                               for lab in target.labels},
+                "mean_probs": {
+                    lab: round(sum(r["stances"][target.name]["probs"][lab] for r in read) / n, 6)
+                    for lab in target.labels
+                },
                 "unsupported": len(results) - len(read),
             }
         return out
 
     def model_info(self) -> dict[str, Any]:
         """Tag, schema, base model, training-data fingerprint, metrics and creation time."""
-        info = store.get(self.tag).info if self.tag != str(self.model_ref.tag) else self.model_ref.info
+        model = self.model  # one read: /model runs in a thread pool, a swap may happen meanwhile
+        tag = model.tag
+        info = store.get(tag).info if tag != str(self.model_ref.tag) else self.model_ref.info
         md = dict(info.metadata)
-        return {"tag": self.tag, "schema": self.model.schema.to_dict(), "base_model": md.get("base_model"),
-                "data_fingerprint": md.get("data_fingerprint"), "metrics": md.get("metrics", {}),
-                "created_at": str(md.get("created_at") or info.creation_time.isoformat())}
+        return {
+            "tag": tag,
+            "schema": model.schema.to_dict(),
+            "base_model": md.get("base_model"),
+            "data_fingerprint": md.get("data_fingerprint"),
+            "metrics": md.get("metrics", {}),
+            "created_at": str(md.get("created_at") or info.creation_time.isoformat()),
+        }
 
 
 StanceService.add_asgi_middleware(GuardMiddleware, max_body_bytes=_BOOT.max_body_bytes, api_key=_BOOT.api_key)

@@ -16,8 +16,9 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-app = typer.Typer(help="Sentence-level stance classification for news text.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Sentence-level stance classification for news text.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 models_app = typer.Typer(help="Model versions in the BentoML model store.", no_args_is_help=True)
 labels_app = typer.Typer(help="Labelled data.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -49,8 +50,10 @@ def _load_data(paths: list[Path], schema_file: Optional[Path], drop_conflicts: b
 
 def _print_data_report(data, label: str) -> None:
     r = data.report
-    console.print(f"{label}: {len(data.examples)} examples from {r.rows} rows"
-                  f" ({r.duplicates_dropped} exact duplicates dropped)", highlight=False)
+    console.print(
+        f"{label}: {len(data.examples)} examples from {r.rows} rows ({r.duplicates_dropped} exact duplicates dropped)",
+        highlight=False,
+    )
     for line in r.conflicts_dropped:
         console.print(f"  dropped conflicting label: {line}", highlight=False)
     for w in r.warnings:
@@ -77,8 +80,15 @@ def _print_metrics(report: dict) -> None:
 
 @app.command()
 def train(
-    data: list[Path] = typer.Option(None, "--data", help="Labelled CSV/JSONL/Parquet (repeatable). Default: the bundled corpus."),
-    dev: Optional[list[Path]] = typer.Option(None, "--dev", help="Dev file(s); default: a stratified split of --data."),
+    data: list[Path] = typer.Option(
+        None, "--data", help="Labelled CSV/JSONL/Parquet (repeatable). Default: the bundled corpus."
+    ),
+    dev: Optional[list[Path]] = typer.Option(
+        None,
+        "--dev",
+        help="Held-out file(s), cut into dev, calibration and gate "
+        "parts; default: held out from --data. Must share no row with --data.",
+    ),
     schema: Optional[Path] = typer.Option(None, "--schema", help="Schema YAML/JSON (targets and labels)."),
     base_model: Optional[Path] = typer.Option(None, "--base-model", help="Local Hugging Face encoder folder."),
     config: Optional[Path] = typer.Option(None, "--config", help="TrainConfig as YAML/JSON."),
@@ -89,9 +99,16 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="Training device: auto (default), cpu, cuda, cuda:N."),
     members: Optional[int] = typer.Option(None, "--members", help="Runs whose weights are averaged (1: a single run)."),
     drop_conflicts: bool = typer.Option(False, "--drop-conflicts", help="Drop rows whose labels conflict (listed)."),
-    merge: bool = typer.Option(False, "--merge", help="Add the production version's training data (new labels win)."),
+    merge: bool = typer.Option(
+        False,
+        "--merge",
+        help="Add the production version's examples (new labels win); "
+        "its dev, calibration and gate rows stay in those parts.",
+    ),
     promote: str = typer.Option("auto", "--promote", help="auto | always | never"),
-    margin: float = typer.Option(0.5, "--margin", help="auto: promote unless mean F_avg drops by more than this many points."),
+    margin: float = typer.Option(
+        0.5, "--margin", help="auto: promote unless mean F_avg on the gate split drops by more than this many points."
+    ),
 ) -> None:
     """Train a new model version and print its tag and dev metrics."""
     from stancewatch.training.config import TrainConfig
@@ -99,11 +116,21 @@ def train(
 
     if promote not in ("auto", "always", "never"):
         _fail(f"--promote must be auto, always or never, got {promote!r}", 2)
-    overrides = {"epochs": epochs, "seed": seed, "max_steps": max_steps, "class_weighting": class_weighting,
-                 "device": device, "members": members, "base_model": str(base_model) if base_model else None}
+    overrides = {
+        "epochs": epochs,
+        "seed": seed,
+        "max_steps": max_steps,
+        "class_weighting": class_weighting,
+        "device": device,
+        "members": members,
+        "base_model": str(base_model) if base_model else None,
+    }
     try:
-        cfg = (TrainConfig.from_file(config, **overrides) if config
-               else TrainConfig(**{k: v for k, v in overrides.items() if v is not None}))
+        cfg = (
+            TrainConfig.from_file(config, **overrides)
+            if config
+            else TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
+        )
     except (ValueError, TypeError, OSError) as exc:
         _fail(str(exc), 2)
     paths = list(data) if data else list(DEFAULT_CORPUS)
@@ -117,10 +144,11 @@ def train(
     _print_schema(labelled.schema)
     dev_data = None
     if dev:
-        from stancewatch.training.data import DataValidationError, load_labelled
+        from stancewatch.training.data import DataValidationError, check_disjoint, load_labelled
 
         try:
             dev_data = load_labelled(dev, schema=labelled.schema, drop_conflicts=drop_conflicts)
+            check_disjoint(labelled, dev_data)  # before training, not after it
         except DataValidationError as exc:
             _fail(str(exc), 2)
         _print_data_report(dev_data, "dev data")
@@ -136,7 +164,7 @@ def train(
 def _merge_with_production(paths: list[Path], schema_file: Optional[Path], drop_conflicts: bool):
     from stancewatch.model import store
     from stancewatch.model.schema import Schema
-    from stancewatch.training.data import DataValidationError, load_labelled, merge
+    from stancewatch.training.data import DataValidationError, load_labelled, load_version_data, merge
 
     try:
         prod = store.resolve(None)
@@ -144,23 +172,34 @@ def _merge_with_production(paths: list[Path], schema_file: Optional[Path], drop_
         _fail(f"--merge needs a production (or latest) version: {exc}")
     folder = Path(prod.path)
     prod_schema = Schema.load(folder / "schema.json")
-    held_out = [folder / "data" / name for name in ("dev.jsonl", "calibration.jsonl")]
-    stored = [folder / "data" / "train.jsonl"] + [p for p in held_out if p.exists()]
-    if not stored[0].exists():
+    if not (folder / "data" / "train.jsonl").exists():
         _fail(f"{prod.tag} carries no training data (trained before data was stored with versions)")
     try:
-        old = load_labelled(stored, schema=prod_schema)
-        new = load_labelled(paths, schema=Schema.load(schema_file) if schema_file else prod_schema,
-                            drop_conflicts=drop_conflicts)
+        old = load_version_data(folder, prod_schema)  # each example remembers its part (train/dev/...)
+        new = load_labelled(
+            paths, schema=Schema.load(schema_file) if schema_file else prod_schema, drop_conflicts=drop_conflicts
+        )
     except DataValidationError as exc:
         _fail(str(exc), 2)
     merged, conflicts = merge(old, new)
-    console.print(f"merging {len(new.examples)} new examples into the {len(old.examples)} of {prod.tag}: "
-                  f"{len(merged.examples)} examples, {len(conflicts)} label(s) overridden by the new data", highlight=False)
+    console.print(
+        f"merging {len(new.examples)} new examples into the {len(old.examples)} of {prod.tag}: "
+        f"{len(merged.examples)} examples, {len(conflicts)} label(s) overridden by the new data",
+        highlight=False,
+    )
     for line in conflicts:
         console.print(f"  overridden: {line}", highlight=False)
-    return merged, {"merge": {"base_version": str(prod.tag), "base_examples": len(old.examples),
-                              "new_examples": len(new.examples), "overridden_labels": len(conflicts)}}
+    parts = {role: sum(1 for r in old.roles.values() if r == role) for role in sorted(set(old.roles.values()))}
+    console.print("  kept in their parts: " + ", ".join(f"{n} {role}" for role, n in parts.items()), highlight=False)
+    return merged, {
+        "merge": {
+            "base_version": str(prod.tag),
+            "base_examples": len(old.examples),
+            "new_examples": len(new.examples),
+            "overridden_labels": len(conflicts),
+            "base_parts": parts,
+        }
+    }
 
 
 @app.command("eval")
@@ -172,8 +211,7 @@ def evaluate(
 ) -> None:
     """Evaluate a model version on any labelled file (with the model's own schema)."""
     from stancewatch.training.data import DataValidationError, load_labelled
-    from stancewatch.training.evaluate import evaluate_predictions, write_report
-    from stancewatch.training.evaluate import gold_lists
+    from stancewatch.training.evaluate import evaluate_predictions, gold_lists, write_report
 
     m = _load_model(model, backend)
     try:
@@ -207,7 +245,9 @@ def _load_model(ref: Optional[str], backend: str = "auto"):
 @app.command()
 def predict(
     sentences: Optional[list[str]] = typer.Argument(None, help="Sentences to classify."),
-    document: Optional[Path] = typer.Option(None, "--document", help="A text file: split into sentences, each read with the one before."),
+    document: Optional[Path] = typer.Option(
+        None, "--document", help="A text file: split into sentences, each read with the one before."
+    ),
     model: Optional[str] = typer.Option(None, "--model", help="Tag or artefact folder (default: production)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -242,7 +282,9 @@ def predict(
         cells = []
         for name in m.schema.target_names:
             s = p.stances[name]
-            cells.append(f"{s.label} ({s.probs[s.label]:.2f})" if p.supported else f"- (language {p.language}: not read)")
+            cells.append(
+                f"{s.label} ({s.probs[s.label]:.2f})" if p.supported else f"- (language {p.language}: not read)"
+            )
         table.add_row(str(i), p.text + (" [truncated]" if p.truncated else ""), *cells)
     console.print(table)
 
@@ -255,8 +297,10 @@ def crossval(
     config: Optional[Path] = typer.Option(None, "--config"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write the JSON result here."),
     by_article: Optional[bool] = typer.Option(
-        None, "--by-article/--by-sentence",
-        help="Folds of whole articles (doc_id column) or of sentences; default: by article when the data has doc_id."),
+        None,
+        "--by-article/--by-sentence",
+        help="Folds of whole articles (doc_id column) or of sentences; default: by article when the data has doc_id.",
+    ),
 ) -> None:
     """k-fold cross-validation of the training recipe; saves no model."""
     from stancewatch.training.config import TrainConfig
@@ -269,14 +313,19 @@ def crossval(
         by_article = has_groups(labelled.examples)
     if by_article and not has_groups(labelled.examples):
         _fail("--by-article needs a doc_id column naming each sentence's article", 2)
-    console.print(f"{folds}-fold cross-validation, folds {'by article' if by_article else 'by sentence'}", highlight=False)
+    console.print(
+        f"{folds}-fold cross-validation, folds {'by article' if by_article else 'by sentence'}", highlight=False
+    )
     try:
         result = cross_validate(labelled, cfg, folds=folds, by_article=by_article)
     except ValueError as exc:
         _fail(str(exc), 2)
     for name, t in result["targets"].items():
-        console.print(f"{name}: F_avg {100 * t['f_avg_mean']:.2f} ± {100 * t['f_avg_std']:.2f}, "
-                      f"macro-F1 {100 * t['macro_f1_mean']:.2f} ± {100 * t['macro_f1_std']:.2f}", highlight=False)
+        console.print(
+            f"{name}: F_avg {100 * t['f_avg_mean']:.2f} ± {100 * t['f_avg_std']:.2f}, "
+            f"macro-F1 {100 * t['macro_f1_mean']:.2f} ± {100 * t['macro_f1_std']:.2f}",
+            highlight=False,
+        )
     if out:
         out.write_text(json.dumps(result, indent=1), encoding="utf-8")
 
@@ -309,16 +358,20 @@ def suggest(
         _fail(str(exc), 2)
     picked = select(cands, len(m.schema.targets), n, per_doc)
     write_suggestions(picked, m.schema.target_names, m.tag, out)
-    console.print(f"{len(picked)} of {len(cands)} sentences written to {out} "
-                  f"({len({c.doc_id for c, _ in picked})} documents)", highlight=False)
+    console.print(
+        f"{len(picked)} of {len(cands)} sentences written to {out} ({len({c.doc_id for c, _ in picked})} documents)",
+        highlight=False,
+    )
 
 
 @app.command()
 def init(
     force: bool = typer.Option(False, "--force", help="Train even if the store already has a model."),
     background: bool = typer.Option(
-        True, "--background/--no-background",
-        help="After the quick first model, train the full recipe in the background (the service follows production)."),
+        True,
+        "--background/--no-background",
+        help="After the quick first model, train the full recipe in the background (the service follows production).",
+    ),
 ) -> None:
     """Train the default model on the bundled corpus if the store has no model yet.
 
@@ -332,14 +385,33 @@ def init(
 
     versions = store.list_versions()
     if versions and not force:
-        console.print(f"model store already has {len(versions)} version(s); production: "
-                      f"{store.production_tag() or str(versions[0].tag) + ' (latest)'}", highlight=False)
+        console.print(
+            f"model store already has {len(versions)} version(s); production: "
+            f"{store.production_tag() or str(versions[0].tag) + ' (latest)'}",
+            highlight=False,
+        )
         return
-    console.print(f"first start: training the quick recipe ({', '.join(f'{k}={v}' for k, v in FIRST_START.items())})",
-                  highlight=False)
-    train(data=None, dev=None, schema=None, base_model=None, config=None, epochs=FIRST_START["epochs"], seed=None,
-          max_steps=None, class_weighting=None, device=None, members=None, drop_conflicts=False, merge=False,
-          promote="auto", margin=0.5)
+    console.print(
+        f"first start: training the quick recipe ({', '.join(f'{k}={v}' for k, v in FIRST_START.items())})",
+        highlight=False,
+    )
+    train(
+        data=None,
+        dev=None,
+        schema=None,
+        base_model=None,
+        config=None,
+        epochs=FIRST_START["epochs"],
+        seed=None,
+        max_steps=None,
+        class_weighting=None,
+        device=None,
+        members=None,
+        drop_conflicts=False,
+        merge=False,
+        promote="auto",
+        margin=0.5,
+    )
     if background:
         _train_in_background()
 
@@ -356,10 +428,18 @@ def _train_in_background() -> None:
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             ["nice", "-n", "10", sys.executable, "-c", "from stancewatch.cli import main; main()", "train"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=dict(os.environ),
+        )
     (home / "stancewatch-full-training.pid").write_text(f"{proc.pid}\n", encoding="utf-8")
-    console.print(f"full recipe training in the background (PID {proc.pid}, log {log_path}); the service switches to it "
-                  "when it passes the promotion gate", highlight=False)
+    console.print(
+        f"full recipe training in the background (PID {proc.pid}, log {log_path}); the service switches to it "
+        "when it passes the promotion gate",
+        highlight=False,
+    )
 
 
 # ---- models ---------------------------------------------------------------------------------
@@ -380,9 +460,15 @@ def models_list() -> None:
         metrics = md.get("metrics", {})
         size = md.get("data_size", {})
         per_target = ", ".join(f"{k} {100 * v['f_avg']:.1f}" for k, v in metrics.items() if isinstance(v, dict))
-        table.add_row(str(m.tag), str(md.get("created_at", m.info.creation_time))[:19], str(md.get("base_model", "")),
-                      f"{size.get('train', '?')}/{size.get('dev', '?')}",
-                      f"{100 * metrics.get('mean_f_avg', 0):.2f}", per_target, "*" if str(m.tag) == prod else "")
+        table.add_row(
+            str(m.tag),
+            str(md.get("created_at", m.info.creation_time))[:19],
+            str(md.get("base_model", "")),
+            f"{size.get('train', '?')}/{size.get('dev', '?')}",
+            f"{100 * metrics.get('mean_f_avg', 0):.2f}",
+            per_target,
+            "*" if str(m.tag) == prod else "",
+        )
     console.print(table)
 
 
@@ -415,7 +501,7 @@ def models_promote(tag: str = typer.Argument(...)) -> None:
 
 @models_app.command("rollback")
 def models_rollback() -> None:
-    """Return production to the previous production version."""
+    """Return production to the previous production version (which must still be in the store)."""
     from stancewatch.model import store
 
     try:
@@ -451,7 +537,27 @@ def serve(
     if model:
         env["STANCEWATCH_MODEL"] = model
     root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "bentoml", "serve", "stancewatch.service.service:StanceService", "--host", host, "--port", str(port)]
+    from stancewatch import settings
+
+    try:
+        grace = settings.get("SHUTDOWN_GRACE_S", env)
+    except settings.SettingError as exc:
+        _fail(str(exc), 2)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "stancewatch.service.service:StanceService",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        # On SIGTERM uvicorn waits this long for requests in flight, then cancels them (they get a
+        # 503 and the batcher drops their work); without it, it waited for a long document to finish.
+        "--timeout-graceful-shutdown",
+        str(grace),
+    ]
     # Replace this process with the server, so a SIGTERM to this PID (systemd, a container runtime)
     # reaches `bentoml serve` itself instead of orphaning it.
     sys.stdout.flush()
@@ -462,7 +568,9 @@ def serve(
 
 @app.command()
 def score(
-    inputs: list[Path] = typer.Argument(..., help="JSONL[.gz|.zst], CSV, Parquet, .txt/.md, folders, .zip/.tar/.tar.gz."),
+    inputs: list[Path] = typer.Argument(
+        ..., help="JSONL[.gz|.zst], CSV, Parquet, .txt/.md, folders, .zip/.tar/.tar.gz."
+    ),
     out: Path = typer.Option(..., "--out", help="Output file; .parquet, .jsonl or .csv chooses the format."),
     model: Optional[str] = typer.Option(None, "--model", help="Tag or artefact folder (default: production)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
@@ -470,14 +578,34 @@ def score(
     text_field: str = typer.Option("text", "--text-field"),
     id_field: str = typer.Option("id", "--id-field"),
     resume: bool = typer.Option(False, "--resume", help="Finish an interrupted run from its checkpoint."),
-    doc_summary: Optional[Path] = typer.Option(None, "--doc-summary", help="Also write per-document label shares here."),
-    chunk_size: Optional[int] = typer.Option(None, "--chunk-size", help="Records per checkpoint (default 256 documents / 4096 sentences); with --engine ray, records per Ray round (default 16384)."),
-    max_member_mb: float = typer.Option(200, "--max-member-mb", help="Uncompressed size limit per archive member (MB)."),
-    keep_fields: str = typer.Option("", "--keep-fields", help="Input fields copied to every output row and the document summary, e.g. date,outlet,url (a record missing one is a reject)."),
-    date_fields: str = typer.Option("date", "--date-fields", help="Kept fields that must be ISO 8601 dates (one that does not parse is a reject)."),
-    engine: str = typer.Option("local", "--engine", help="local: this process | ray: Ray Data (local Ray or --ray-address)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: ray://host:10001, auto, or none for a local Ray."),
-    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", help="With --engine ray: model replicas (default: CPUs - 1)."),
+    doc_summary: Optional[Path] = typer.Option(
+        None, "--doc-summary", help="Also write per-document label shares here."
+    ),
+    chunk_size: Optional[int] = typer.Option(
+        None,
+        "--chunk-size",
+        help="Records per checkpoint (default 256 documents / 4096 sentences); the same with --engine ray.",
+    ),
+    max_member_mb: float = typer.Option(
+        200, "--max-member-mb", help="Uncompressed size limit per archive member (MB)."
+    ),
+    keep_fields: str = typer.Option(
+        "",
+        "--keep-fields",
+        help="Input fields copied to every output row and the document summary, e.g. date,outlet,url (a record missing one is a reject).",
+    ),
+    date_fields: str = typer.Option(
+        "date", "--date-fields", help="Kept fields that must be ISO 8601 dates (one that does not parse is a reject)."
+    ),
+    engine: str = typer.Option(
+        "local", "--engine", help="local: this process | ray: Ray Data (local Ray or --ray-address)."
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="With --engine ray: ray://host:10001, auto, or none for a local Ray."
+    ),
+    ray_actors: Optional[int] = typer.Option(
+        None, "--ray-actors", help="With --engine ray: model replicas (default: one per node, using all its CPUs)."
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score archives of articles (or sentences) into a flat table, resumably."""
@@ -485,7 +613,8 @@ def score(
 
     from tqdm import tqdm
 
-    from stancewatch.scoring.pipeline import UNITS, score as run_score
+    from stancewatch.scoring.pipeline import UNITS
+    from stancewatch.scoring.pipeline import score as run_score
     from stancewatch.scoring.readers import InputError, check_inputs, count_items
     from stancewatch.scoring.writer import OutputError, output_format
 
@@ -493,13 +622,9 @@ def score(
         _fail(f"--engine must be local or ray, got {engine!r}", 2)
     if engine == "local" and (ray_address or ray_actors):
         _fail("--ray-address and --ray-actors need --engine ray", 2)
-    if engine == "ray" and resume:
-        _fail("--resume is not supported with --engine ray; rerun the job", 2)
     if ray_actors is not None and ray_actors < 1:
         _fail("--ray-actors must be at least 1", 2)
     keep = tuple(dict.fromkeys(f.strip() for f in keep_fields.split(",") if f.strip()))
-    if keep and engine == "ray":
-        _fail("--keep-fields is local-engine only for now", 2)
     if unit not in UNITS:
         _fail(f"--unit must be one of {', '.join(UNITS)}, got {unit!r}", 2)
     try:
@@ -510,8 +635,14 @@ def score(
     except (InputError, OutputError) as exc:
         _fail(str(exc), 2)
     m = _load_model(model, backend)
-    bar = tqdm(total=count_items(list(inputs)) if progress else None, unit="doc", dynamic_ncols=True,
-               disable=not progress, file=sys.stderr, smoothing=0.1)
+    bar = tqdm(
+        total=count_items(list(inputs)) if progress else None,
+        unit="doc",
+        dynamic_ncols=True,
+        disable=not progress,
+        file=sys.stderr,
+        smoothing=0.1,
+    )
     started = time.perf_counter()
     seen = {"sentences": 0, "rejected": 0}
 
@@ -522,28 +653,57 @@ def score(
         seen["sentences"] += done.sentences
         seen["rejected"] += done.rejected
         bar.update(done.items)
-        bar.set_postfix_str(f"{seen['sentences'] / max(time.perf_counter() - started, 1e-9):.0f} sentences/s, "
-                            f"{seen['rejected']} rejected", refresh=False)
+        bar.set_postfix_str(
+            f"{seen['sentences'] / max(time.perf_counter() - started, 1e-9):.0f} sentences/s, "
+            f"{seen['rejected']} rejected",
+            refresh=False,
+        )
 
     try:
         if engine == "ray":
             from stancewatch.scoring.ray_engine import RayEngineError, score_ray
 
             try:
-                result = score_ray(list(inputs), out, m.folder, unit=unit, text_field=text_field, id_field=id_field,
-                                   doc_summary=doc_summary, max_member_bytes=int(max_member_mb * 1024 * 1024),
-                                   tag=m.tag, backend=backend, ray_address=ray_address, num_actors=ray_actors,
-                                   window=chunk_size,
-                                   on_start=on_start, on_chunk=on_chunk)
+                result = score_ray(
+                    list(inputs),
+                    out,
+                    m.folder,
+                    unit=unit,
+                    text_field=text_field,
+                    id_field=id_field,
+                    doc_summary=doc_summary,
+                    max_member_bytes=int(max_member_mb * 1024 * 1024),
+                    tag=m.tag,
+                    backend=backend,
+                    ray_address=ray_address,
+                    num_actors=ray_actors,
+                    resume=resume,
+                    chunk_size=chunk_size,
+                    keep_fields=keep,
+                    date_fields=tuple(f.strip() for f in date_fields.split(",") if f.strip()),
+                    on_start=on_start,
+                    on_chunk=on_chunk,
+                )
             except RayEngineError as exc:
                 bar.close()
                 _fail(str(exc), 1)
         else:
-            result = run_score(list(inputs), out, m, unit=unit, text_field=text_field, id_field=id_field,
-                               resume=resume, chunk_size=chunk_size, doc_summary=doc_summary,
-                               max_member_bytes=int(max_member_mb * 1024 * 1024), keep_fields=keep,
-                               date_fields=tuple(f.strip() for f in date_fields.split(",") if f.strip()),
-                               on_start=on_start, on_chunk=on_chunk)
+            result = run_score(
+                list(inputs),
+                out,
+                m,
+                unit=unit,
+                text_field=text_field,
+                id_field=id_field,
+                resume=resume,
+                chunk_size=chunk_size,
+                doc_summary=doc_summary,
+                max_member_bytes=int(max_member_mb * 1024 * 1024),
+                keep_fields=keep,
+                date_fields=tuple(f.strip() for f in date_fields.split(",") if f.strip()),
+                on_start=on_start,
+                on_chunk=on_chunk,
+            )
     except (InputError, OutputError, ValueError) as exc:
         bar.close()
         _fail(str(exc), 2)
@@ -551,12 +711,18 @@ def score(
     secs = max(result.elapsed_s, 1e-9)
     if result.items_resumed:
         console.print(f"resumed after {result.items_resumed} input records done earlier", highlight=False)
-    console.print(f"model {m.tag}: {result.documents} documents, {result.sentences} sentences, "
-                  f"{result.rejected} rejected records in {result.elapsed_s:.1f} s "
-                  f"({result.documents_this_run / secs:.1f} documents/s, {result.sentences_this_run / secs:.1f} "
-                  f"sentences/s this run)", highlight=False)
-    console.print(f"output: {result.out}; rejects: {result.rejects}"
-                  + (f"; document summary: {doc_summary}" if doc_summary else ""), highlight=False)
+    console.print(
+        f"model {m.tag}: {result.documents} documents, {result.sentences} sentences, "
+        f"{result.rejected} rejected records in {result.elapsed_s:.1f} s "
+        f"({result.documents_this_run / secs:.1f} documents/s, {result.sentences_this_run / secs:.1f} "
+        f"sentences/s this run)",
+        highlight=False,
+    )
+    console.print(
+        f"output: {result.out}; rejects: {result.rejects}"
+        + (f"; document summary: {doc_summary}" if doc_summary else ""),
+        highlight=False,
+    )
 
 
 @app.command()
@@ -577,8 +743,10 @@ def report(
         t = build_report(scores, out, by=by, over=over, top_k=top)
     except ReportError as exc:
         _fail(str(exc), 2)
-    console.print(f"report: {out} ({t.documents} documents, {t.sentences} sentences, "
-                  f"{time.perf_counter() - started:.1f} s)", highlight=False)
+    console.print(
+        f"report: {out} ({t.documents} documents, {t.sentences} sentences, {time.perf_counter() - started:.1f} s)",
+        highlight=False,
+    )
 
 
 def main() -> None:
@@ -590,7 +758,9 @@ def main() -> None:
         Console(stderr=True).print(f"[red]error:[/red] {exc}")
         raise SystemExit(2) from None
     for name in unknown():
-        Console(stderr=True).print(f"[yellow]warning:[/yellow] {name} is not a stancewatch setting (see README, Settings)")
+        Console(stderr=True).print(
+            f"[yellow]warning:[/yellow] {name} is not a stancewatch setting (see README, Settings)"
+        )
     app()
 
 

@@ -19,13 +19,14 @@ import html
 import io
 import json
 import os
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # The fixed columns of a sentence row (scoring/writer.py, `sentence_schema`); everything else is a
@@ -97,10 +98,10 @@ def infer_targets(columns: list[str]) -> list[tuple[str, list[str]]]:
             continue
         prefix = f"p_{c}_"
         labels = []
-        for x in columns[i + 1:]:  # only the columns right after it: a kept field "taiwan" is no target
+        for x in columns[i + 1 :]:  # only the columns right after it: a kept field "taiwan" is no target
             if not x.startswith(prefix):
                 break
-            labels.append(x[len(prefix):])
+            labels.append(x[len(prefix) :])
         if labels:
             targets.append((c, labels))
     return targets
@@ -128,37 +129,59 @@ def read_info(path: Path) -> ScoresInfo:
         targets = [(t["name"], list(t["labels"])) for t in schema["targets"] if t["name"] in named] or targets
     if not targets:
         raise ReportError(f"{path}: no target columns (`<target>` with `p_<target>_<label>`) found")
-    return ScoresInfo(path, fmt, columns, targets, model=meta.get("model"), schema=schema,
-                      scored_at=meta.get("scored_at"),
-                      extra={k: v for k, v in meta.items() if k not in ("model", "schema", "scored_at")})
+    return ScoresInfo(
+        path,
+        fmt,
+        columns,
+        targets,
+        model=meta.get("model"),
+        schema=schema,
+        scored_at=meta.get("scored_at"),
+        extra={k: v for k, v in meta.items() if k not in ("model", "schema", "scored_at")},
+    )
 
 
 def iter_batches(info: ScoresInfo, columns: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
     """The file as tables of `columns`, `batch_rows` rows at a time."""
     if info.fmt == "parquet":
+        # Row group by row group (the scorer writes 16,384 rows per group), regrouped to `batch_rows`:
+        # `ParquetFile.iter_batches` held more Arrow memory the longer the file (peak 62 MiB at
+        # 200,000 sentences, 86 MiB at 600,000), reading row groups one at a time stays at 13 MiB.
         pf = pq.ParquetFile(info.path)
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            yield pa.Table.from_batches([batch])
+        pending: pa.Table | None = None
+        for i in range(pf.num_row_groups):
+            group = pf.read_row_group(i, columns=columns)
+            pending = group if pending is None else pa.concat_tables([pending, group])
+            while pending.num_rows >= batch_rows:
+                yield pending.slice(0, batch_rows)
+                pending = pending.slice(batch_rows)
+        if pending is not None and pending.num_rows:
+            yield pending
         return
+    # Fixed types for CSV and JSONL: inferred per block, an all-empty block (say, every sentence
+    # unsupported) would make a column null-typed in one batch and string in the next.
+    types: dict[str, pa.DataType] = {}
+    for c in columns:
+        if c.startswith("p_"):
+            types[c] = pa.float64()
+        elif c in ("start", "end", "sentence_index"):
+            types[c] = pa.int64()
+        elif c in ("supported", "truncated"):
+            types[c] = pa.bool_()
+        else:
+            types[c] = pa.string()  # ids, text, labels and kept fields are all text in the scorer's output
     if info.fmt == "csv":
         import pyarrow.csv as pcsv
 
-        # Fixed types: inferred per block, an all-empty block would make a column null in one batch
-        # and string in the next.
-        types: dict[str, pa.DataType] = {}
-        for c in columns:
-            if c.startswith("p_") or c in ("start", "end", "sentence_index"):
-                types[c] = pa.float64() if c.startswith("p_") else pa.int64()
-            elif c in ("supported", "truncated"):
-                types[c] = pa.bool_()
-            else:
-                types[c] = pa.string()
-        reader = pcsv.open_csv(info.path, read_options=pcsv.ReadOptions(block_size=1 << 23),
-                               convert_options=pcsv.ConvertOptions(column_types=types, include_columns=columns,
-                                                                   strings_can_be_null=True))
+        reader = pcsv.open_csv(
+            info.path,
+            read_options=pcsv.ReadOptions(block_size=1 << 23),
+            convert_options=pcsv.ConvertOptions(column_types=types, include_columns=columns, strings_can_be_null=True),
+        )
         for batch in reader:
             yield pa.Table.from_batches([batch])
         return
+    schema = pa.schema([(c, types[c]) for c in columns])
     rows: list[dict] = []
     with info.path.open("r", encoding="utf-8") as fh:
         for line in fh:
@@ -166,10 +189,10 @@ def iter_batches(info: ScoresInfo, columns: list[str], batch_rows: int = BATCH_R
                 obj = json.loads(line)
                 rows.append({c: obj.get(c) for c in columns})
             if len(rows) == batch_rows:
-                yield pa.Table.from_pylist(rows)
+                yield pa.Table.from_pylist(rows, schema=schema)
                 rows = []
     if rows:
-        yield pa.Table.from_pylist(rows)
+        yield pa.Table.from_pylist(rows, schema=schema)
 
 
 # ---- dates ---------------------------------------------------------------------------------------
@@ -219,7 +242,7 @@ class Top:
             self.rows.append((float(probs[i]), doc_ids[i], int(indices[i]), texts[i], groups[i]))
         # Highest probability first; ties in file order (document id, then sentence) for a stable report.
         self.rows.sort(key=lambda r: (-r[0], r[1], r[2]))
-        del self.rows[self.k:]
+        del self.rows[self.k :]
 
 
 @dataclass
@@ -255,83 +278,114 @@ class Tally:
                 self.top[(t, lab)] = Top(self.top_k)
 
     def add(self, table: pa.Table) -> None:
+        # Arrow kernels and integer codes only: no Python object per row. Converting each batch's
+        # text and id columns to Python strings made peak RSS climb with the file (332 MiB at 200,000
+        # sentences, 397 MiB at 600,000; bench/report.py), from allocator fragmentation.
         n = table.num_rows
         if n == 0:
             return
-        doc = table.column("doc_id").to_numpy(zero_copy_only=False)
-        src = table.column("source").to_numpy(zero_copy_only=False)
+        doc, src = _array(table, "doc_id"), _array(table, "source")
         starts = np.ones(n, dtype=bool)
-        starts[1:] = (doc[1:] != doc[:-1]) | (src[1:] != src[:-1])
-        starts[0] = True
-        self._last_doc = (doc[-1], src[-1])
+        if n > 1:
+            changed = pc.or_(
+                pc.not_equal(doc.slice(1), doc.slice(0, n - 1)), pc.not_equal(src.slice(1), src.slice(0, n - 1))
+            )
+            starts[1:] = changed.fill_null(True).to_numpy(zero_copy_only=False)
+        first = (doc[0].as_py(), src[0].as_py())
+        starts[0] = self._last_doc != first
+        self._last_doc = (doc[n - 1].as_py(), src[n - 1].as_py())
         self.sentences += n
         self.documents += int(starts.sum())
-        supported = table.column("supported").fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
+        supported = _array(table, "supported").fill_null(False).to_numpy(zero_copy_only=False).astype(bool)
         self.unsupported += int(n - supported.sum())
 
-        groups = days = None
+        groups = days = None  # (codes per row, key per code)
         if self.by:
-            groups = np.array([MISSING if v is None or v == "" else str(v) for v in table.column(self.by).to_pylist()],
-                              dtype=object)
-            _count_into(self.group_sentences, groups)
-            _count_into(self.group_documents, groups[starts])
+            codes, values = _codes(_array(table, self.by))
+            groups = (codes, [MISSING if v is None or str(v) == "" else str(v) for v in values])
+            _count_codes(self.group_sentences, *groups)
+            _count_codes(self.group_documents, codes[starts], groups[1])
         if self.over:
-            raw = table.column(self.over).to_pylist()
-            cache: dict[Any, dt.date | None] = {}
-            days = np.array([cache[v] if v in cache else cache.setdefault(v, parse_date(v)) for v in raw], dtype=object)
-            _count_into(self.day_sentences, days)
-            _count_into(self.day_documents, days[starts])
+            codes, values = _codes(_array(table, self.over))
+            days = (codes, [parse_date(v) for v in values])
+            _count_codes(self.day_sentences, *days)
+            _count_codes(self.day_documents, codes[starts], days[1])
 
-        texts = indices = None
         for t, labels in self.targets:
-            col = table.column(t).to_numpy(zero_copy_only=False)
+            col = _array(table, t)
             for lab in labels:
-                hit = supported & (col == lab)
+                hit = supported & pc.equal(col, lab).fill_null(False).to_numpy(zero_copy_only=False)
                 count = int(hit.sum())
                 if not count:
                     continue
                 self.overall[t][lab] += count
                 if groups is not None:
-                    _count_label(self.by_group[t], groups[hit], lab)
+                    _count_label(self.by_group[t], groups[0][hit], groups[1], lab)
                 if days is not None:
-                    _count_label(self.by_day[t], days[hit], lab)
+                    _count_label(self.by_day[t], days[0][hit], days[1], lab)
                 if self.top_k:
-                    if texts is None:
-                        texts = table.column("text").to_numpy(zero_copy_only=False)
-                        indices = (table.column("sentence_index").to_numpy(zero_copy_only=False)
-                                   if "sentence_index" in table.column_names else np.zeros(n, dtype=np.int64))
-                    p = table.column(f"p_{t}_{lab}").fill_null(-1.0).to_numpy(zero_copy_only=False)
+                    p = _array(table, f"p_{t}_{lab}").fill_null(-1.0).to_numpy(zero_copy_only=False)
                     idx = np.flatnonzero(hit)
-                    # Only this batch's best k can enter the overall best k.
+                    # Only this batch's best k can enter the overall best k; only they become Python strings.
                     best = idx[np.argsort(-p[idx], kind="stable")[: self.top_k]]
-                    self.top[(t, lab)].offer(p[best], doc[best], indices[best], texts[best],
-                                             groups[best] if groups is not None else [None] * len(best))
+                    take = pa.array(best)
+                    indices = (
+                        _array(table, "sentence_index").take(take).to_pylist()
+                        if "sentence_index" in table.column_names
+                        else [0] * len(best)
+                    )
+                    group_of = [groups[1][c] for c in groups[0][best]] if groups is not None else [None] * len(best)
+                    self.top[(t, lab)].offer(
+                        p[best],
+                        doc.take(take).to_pylist(),
+                        indices,
+                        _array(table, "text").take(take).to_pylist(),
+                        group_of,
+                    )
 
 
-def _count_into(counts: dict, keys) -> None:
-    # Counter over the batch's keys: a few hundred thousand dictionary updates per 200,000 rows,
-    # and None (no date) is a key like any other.
-    for k, c in Counter(keys.tolist() if isinstance(keys, np.ndarray) else keys).items():
-        counts[k] = counts.get(k, 0) + c
+def _array(table: pa.Table, name: str) -> pa.Array:
+    return table.column(name).combine_chunks()
 
 
-def _count_label(table: dict, keys: np.ndarray, label: str) -> None:
+def _codes(values: pa.Array) -> tuple[np.ndarray, list]:
+    """Per row, the index of its value among the batch's distinct values (nulls: the last index)."""
+    encoded = pc.dictionary_encode(values)
+    distinct = encoded.dictionary.to_pylist() + [None]
+    codes = encoded.indices.fill_null(len(distinct) - 1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, distinct
+
+
+def _count_codes(counts: dict, codes: np.ndarray, keys: list) -> None:
+    """Add the rows per key; several codes may share a key (null and "" are both missing)."""
+    for code, c in enumerate(np.bincount(codes, minlength=len(keys))):
+        if c:
+            counts[keys[code]] = counts.get(keys[code], 0) + int(c)
+
+
+def _count_label(table: dict, codes: np.ndarray, keys: list, label: str) -> None:
     partial: dict = {}
-    _count_into(partial, keys)
+    _count_codes(partial, codes, keys)
     for k, c in partial.items():
         row = table.setdefault(k, {})
         row[label] = row.get(label, 0) + c
 
 
-def tally(info: ScoresInfo, by: str | None = None, over: str | None = None, top_k: int = 5,
-          batch_rows: int = BATCH_ROWS) -> Tally:
+def tally(
+    info: ScoresInfo, by: str | None = None, over: str | None = None, top_k: int = 5, batch_rows: int = BATCH_ROWS
+) -> Tally:
     """Read the scores file once and fold it into a `Tally`."""
     for name, flag in ((by, "--by"), (over, "--over")):
         if name and name not in info.columns:
-            kept = [c for c in info.columns if c not in BASE_COLUMNS and c not in dict(info.targets)
-                    and not c.startswith("p_")]
-            raise ReportError(f"{flag} {name}: no such column in {info.path} (kept input fields: "
-                              f"{', '.join(kept) or 'none; score with --keep-fields'})")
+            kept = [
+                c
+                for c in info.columns
+                if c not in BASE_COLUMNS and c not in dict(info.targets) and not c.startswith("p_")
+            ]
+            raise ReportError(
+                f"{flag} {name}: no such column in {info.path} (kept input fields: "
+                f"{', '.join(kept) or 'none; score with --keep-fields'})"
+            )
     columns = ["doc_id", "source", "supported"] + [c for c in ("sentence_index", "text") if c in info.columns]
     for t, labels in info.targets:
         columns += [t] + [f"p_{t}_{lab}" for lab in labels]
@@ -385,8 +439,9 @@ def time_bins(t: Tally) -> TimeBins | None:
                 continue
             for lab, c in counts.items():
                 labels[target][lab][pos[bin_start(day, width)]] += c
-    return TimeBins(width, starts, sentences, documents, labels, t.day_sentences.get(None, 0),
-                    t.day_documents.get(None, 0))
+    return TimeBins(
+        width, starts, sentences, documents, labels, t.day_sentences.get(None, 0), t.day_documents.get(None, 0)
+    )
 
 
 # ---- charts --------------------------------------------------------------------------------------
@@ -412,14 +467,22 @@ def _stacked_bars(rows: list[tuple[str, dict[str, int]]], labels: list[str], tit
 
     colours = label_colours(labels)
     fig, ax = plt.subplots(figsize=(8, 0.42 * len(rows) + 0.9))
-    for y, (name, counts) in enumerate(rows):
+    for y, (_name, counts) in enumerate(rows):
         n = sum(counts.values())
         left = 0.0
         alpha = 0.35 if n < SMALL_GROUP else 1.0
         for lab in labels:
             share = counts.get(lab, 0) / n if n else 0.0
-            ax.barh(y, share, left=left, color=colours[lab], alpha=alpha, edgecolor="white", linewidth=0.5,
-                    label=lab if y == 0 else None)
+            ax.barh(
+                y,
+                share,
+                left=left,
+                color=colours[lab],
+                alpha=alpha,
+                edgecolor="white",
+                linewidth=0.5,
+                label=lab if y == 0 else None,
+            )
             if share >= 0.08:
                 ax.text(left + share / 2, y, f"{share:.0%}", ha="center", va="center", fontsize=8, color="white")
             left += share
@@ -439,7 +502,9 @@ def _time_chart(bins: TimeBins, target: str, labels: list[str], neutral: str | N
     import matplotlib.pyplot as plt
 
     colours = label_colours(labels)
-    x = np.array(bins.starts, dtype="datetime64[D]")
+    x = np.array(bins.starts, dtype="datetime64[h]")
+    if bins.width == "week":  # points and bars in the middle of their Monday-to-Sunday span
+        x = x + np.timedelta64(84, "h")
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 4.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     read = np.array([sum(bins.labels[target][lab][i] for lab in labels) for i in range(len(x))])
     small = read < SMALL_GROUP
@@ -453,8 +518,11 @@ def _time_chart(bins: TimeBins, target: str, labels: list[str], neutral: str | N
         top.scatter(x[small], share[small], facecolors="white", edgecolors=colours[lab], s=14, zorder=3)
     top.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     top.set_ylim(bottom=0)
-    top.set_title(f"{target}: share of supported sentences per {bins.width} (hollow: fewer than {SMALL_GROUP})",
-                  fontsize=10, loc="left")
+    top.set_title(
+        f"{target}: share of supported sentences per {bins.width} (hollow: fewer than {SMALL_GROUP})",
+        fontsize=10,
+        loc="left",
+    )
     top.legend(fontsize=8, frameon=False)
     width = 0.8 if bins.width == "day" else 5.6
     bottom.bar(x, read, width=width, color="#5d6d7e")
@@ -483,20 +551,29 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _share_table(rows: list[tuple[str, dict[str, int], int | None]], labels: list[str], first: str,
-                 target: str, kind: str) -> str:
+def _share_table(
+    rows: list[tuple[str, dict[str, int], int | None]], labels: list[str], first: str, target: str, kind: str
+) -> str:
     """Counts with shares; the data-* attributes let a test (or a script) read the numbers back."""
     head = "".join(f"<th>{_e(lab)}</th>" for lab in labels)
-    out = [f'<table class="counts" data-target="{_e(target)}" data-kind="{_e(kind)}"><tr><th>{_e(first)}</th>'
-           f"<th>documents</th><th>sentences read</th>{head}</tr>"]
+    out = [
+        f'<table class="counts" data-target="{_e(target)}" data-kind="{_e(kind)}"><tr><th>{_e(first)}</th>'
+        f"<th>documents</th><th>sentences read</th>{head}</tr>"
+    ]
     for name, counts, docs in rows:
         n = sum(counts.values())
-        cells = "".join(f'<td class="n" data-label="{_e(lab)}" data-count="{counts.get(lab, 0)}">{counts.get(lab, 0)}'
-                        + (f" ({counts.get(lab, 0) / n:.1%})" if n else "") + "</td>" for lab in labels)
+        cells = "".join(
+            f'<td class="n" data-label="{_e(lab)}" data-count="{counts.get(lab, 0)}">{counts.get(lab, 0)}'
+            + (f" ({counts.get(lab, 0) / n:.1%})" if n else "")
+            + "</td>"
+            for lab in labels
+        )
         cls = "small" if n < SMALL_GROUP else ""
-        out.append(f'<tr class="{cls}" data-group="{_e(name)}" data-documents="{"" if docs is None else docs}" '
-                   f'data-read="{n}"><td>{_e(name)}</td><td class="n">{"" if docs is None else docs}</td>'
-                   f'<td class="n">{n}</td>{cells}</tr>')
+        out.append(
+            f'<tr class="{cls}" data-group="{_e(name)}" data-documents="{"" if docs is None else docs}" '
+            f'data-read="{n}"><td>{_e(name)}</td><td class="n">{"" if docs is None else docs}</td>'
+            f'<td class="n">{n}</td>{cells}</tr>'
+        )
     out.append("</table>")
     return "".join(out)
 
@@ -518,47 +595,80 @@ def _group_rows(t: Tally, target: str) -> list[tuple[str, dict[str, int], int | 
 def render(info: ScoresInfo, t: Tally) -> str:
     """The report as one HTML string."""
     neutral = (info.schema or {}).get("neutral_label") or ("none" if any("none" in ls for _, ls in t.targets) else None)
-    scored_at = info.scored_at or (dt.datetime.fromtimestamp(os.stat(info.path).st_mtime).isoformat(timespec="seconds")
-                                   + " (file modified; no scoring date recorded)")
+    scored_at = info.scored_at or (
+        dt.datetime.fromtimestamp(os.stat(info.path).st_mtime).isoformat(timespec="seconds")
+        + " (file modified; no scoring date recorded)"
+    )
     model = info.model or "not recorded (only Parquet output carries the model tag)"
     schema_desc = "; ".join(f"{name}: {', '.join(labels)}" for name, labels in t.targets)
     if info.schema:
         schema_desc = f"{info.schema.get('name', '')} v{info.schema.get('version', '')}: {schema_desc}"
-    meta_rows = [("scores file", info.path.name), ("model", model), ("schema", schema_desc),
-                 ("scored", scored_at), ("documents", t.documents), ("sentences", t.sentences),
-                 ("unsupported-language sentences", f"{t.unsupported} (not counted in any share)")]
-    meta_rows += [(k, v) for k, v in info.extra.items() if isinstance(v, (str, int, float))]
-    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><title>stancewatch report: {_e(info.path.name)}"
-             f"</title><style>{CSS}</style></head><body><h1>Stance report: {_e(info.path.name)}</h1>",
-             '<table class="meta">' + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in meta_rows)
-             + "</table>",
-             f'<p class="note">Shares are of the sentences the model read (supported language). Groups and time bins '
-             f"with fewer than {SMALL_GROUP} such sentences are faded and marked small: read them as anecdotes.</p>"]
+    meta_rows = [
+        ("scores file", info.path.name),
+        ("model", model),
+        ("schema", schema_desc),
+        ("scored", scored_at),
+        ("documents", t.documents),
+        ("sentences", t.sentences),
+        ("unsupported-language sentences", f"{t.unsupported} (not counted in any share)"),
+    ]
+    meta_rows += [
+        (k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else v)
+        for k, v in info.extra.items()
+        if isinstance(v, (str, int, float, list)) and v != []
+    ]
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>stancewatch report: {_e(info.path.name)}"
+        f"</title><style>{CSS}</style></head><body><h1>Stance report: {_e(info.path.name)}</h1>",
+        '<table class="meta">'
+        + "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in meta_rows)
+        + "</table>",
+        f'<p class="note">Shares are of the sentences the model read (supported language). Groups and time bins '
+        f"with fewer than {SMALL_GROUP} such sentences are faded and marked small: read them as anecdotes.</p>",
+    ]
     bins = time_bins(t) if t.over else None
     for target, labels in t.targets:
         parts.append(f"<h2>{_e(target)}</h2><h3>Overall</h3>")
-        parts.append(f'<img alt="{_e(target)} overall" src="{_stacked_bars([("all", t.overall[target])], labels, "")}">')
+        parts.append(
+            f'<img alt="{_e(target)} overall" src="{_stacked_bars([("all", t.overall[target])], labels, "")}">'
+        )
         parts.append(_share_table([("all", t.overall[target], t.documents)], labels, "scope", target, "overall"))
         if t.by:
             rows = _group_rows(t, target)
             parts.append(f"<h3>By {_e(t.by)}</h3>")
-            parts.append(f'<img alt="{_e(target)} by {_e(t.by)}" src="'
-                         f'{_stacked_bars([(r[0], r[1]) for r in rows], labels, f"{target} by {t.by}")}">')
+            parts.append(
+                f'<img alt="{_e(target)} by {_e(t.by)}" src="'
+                f'{_stacked_bars([(r[0], r[1]) for r in rows], labels, f"{target} by {t.by}")}">'
+            )
             parts.append(_share_table(rows, labels, t.by, target, "by"))
         if t.over:
             parts.append(f"<h3>Over {_e(t.over)}</h3>")
             if bins is None:
                 parts.append(f'<p class="note">No value of {_e(t.over)} parses as a date.</p>')
             else:
-                parts.append(f'<img alt="{_e(target)} over {_e(t.over)}" src="{_time_chart(bins, target, labels, neutral)}">')
-                rows = [(s.isoformat() if bins.width == "day" else f"week of {s.isoformat()}",
-                         {lab: bins.labels[target][lab][i] for lab in labels}, bins.documents[i])
-                        for i, s in enumerate(bins.starts)]
-                parts.append("<details><summary>counts per " + bins.width + "</summary>"
-                             + _share_table(rows, labels, bins.width, target, "over") + "</details>")
+                parts.append(
+                    f'<img alt="{_e(target)} over {_e(t.over)}" src="{_time_chart(bins, target, labels, neutral)}">'
+                )
+                rows = [
+                    (
+                        s.isoformat() if bins.width == "day" else f"week of {s.isoformat()}",
+                        {lab: bins.labels[target][lab][i] for lab in labels},
+                        bins.documents[i],
+                    )
+                    for i, s in enumerate(bins.starts)
+                ]
+                parts.append(
+                    "<details><summary>counts per "
+                    + bins.width
+                    + "</summary>"
+                    + _share_table(rows, labels, bins.width, target, "over")
+                    + "</details>"
+                )
                 if bins.undated_sentences:
-                    parts.append(f'<p class="note">{bins.undated_documents} documents ({bins.undated_sentences} '
-                                 f"sentences) have no parseable {_e(t.over)} and are left out of this chart.</p>")
+                    parts.append(
+                        f'<p class="note">{bins.undated_documents} documents ({bins.undated_sentences} '
+                        f"sentences) have no parseable {_e(t.over)} and are left out of this chart.</p>"
+                    )
         if t.top_k:
             parts.append("<h3>Most confident sentences</h3>")
             for lab in labels:
@@ -568,15 +678,25 @@ def render(info: ScoresInfo, t: Tally) -> str:
                 parts.append(f"<h4>{_e(lab)}</h4>")
                 for prob, doc_id, index, text, group in rows:
                     where = f" · {_e(t.by)}: {_e(group)}" if t.by else ""
-                    parts.append(f'<blockquote>{_e(text)}<br><span class="note">p={prob:.3f} · document '
-                                 f"{_e(doc_id)}, sentence {index}{where}</span></blockquote>")
-    parts.append(f'<p class="note">Generated by stancewatch report on '
-                 f"{dt.datetime.now().isoformat(timespec='seconds')}.</p></body></html>")
+                    parts.append(
+                        f'<blockquote>{_e(text)}<br><span class="note">p={prob:.3f} · document '
+                        f"{_e(doc_id)}, sentence {index}{where}</span></blockquote>"
+                    )
+    parts.append(
+        f'<p class="note">Generated by stancewatch report on '
+        f"{dt.datetime.now().isoformat(timespec='seconds')}.</p></body></html>"
+    )
     return "\n".join(parts)
 
 
-def build_report(scores: Path, out: Path, by: str | None = None, over: str | None = None, top_k: int = 5,
-                 batch_rows: int = BATCH_ROWS) -> Tally:
+def build_report(
+    scores: Path,
+    out: Path,
+    by: str | None = None,
+    over: str | None = None,
+    top_k: int = 5,
+    batch_rows: int = BATCH_ROWS,
+) -> Tally:
     """Read `scores` once, write the HTML report to `out` (atomically), return the tallies behind it."""
     import matplotlib
 

@@ -44,8 +44,15 @@ def _records() -> list[dict]:
     for i, text in enumerate(_paragraphs()):
         day = dt.date(2025, 11, 7) + dt.timedelta(days=i % 9)
         date = day.isoformat() if i % 3 else f"{day.isoformat()}T09:30:00+09:00"
-        rows.append({"id": f"p{i:02d}", "text": text, "outlet": OUTLETS[i % 3 if i % 7 else 3], "date": date,
-                     "url": f"https://example.org/{i}"})
+        rows.append(
+            {
+                "id": f"p{i:02d}",
+                "text": text,
+                "outlet": OUTLETS[i % 3 if i % 7 else 3],
+                "date": date,
+                "url": f"https://example.org/{i}",
+            }
+        )
     return rows
 
 
@@ -62,18 +69,21 @@ def _archive(folder: Path, extra: list[dict] = ()) -> Path:
     return path
 
 
-BAD = [{"id": "no-outlet", "text": "Beijing demanded a retraction.", "date": "2025-11-08", "url": "u"},
-       {"id": "bad-date", "text": "Tokyo said the remarks stand.", "outlet": "Wire", "date": "last Tuesday", "url": "u"},
-       {"id": "list-outlet", "text": "The yen fell.", "outlet": ["Wire"], "date": "2025-11-08", "url": "u"},
-       {"id": "blank-url", "text": "The yen rose.", "outlet": "Wire", "date": "2025-11-08", "url": " "}]
+BAD = [
+    {"id": "no-outlet", "text": "Beijing demanded a retraction.", "date": "2025-11-08", "url": "u"},
+    {"id": "bad-date", "text": "Tokyo said the remarks stand.", "outlet": "Wire", "date": "last Tuesday", "url": "u"},
+    {"id": "list-outlet", "text": "The yen fell.", "outlet": ["Wire"], "date": "2025-11-08", "url": "u"},
+    {"id": "blank-url", "text": "The yen rose.", "outlet": "Wire", "date": "2025-11-08", "url": " "},
+]
 
 
 @pytest.fixture(scope="module")
 def scored(model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("scored")
     out, docs = folder / "scores.parquet", folder / "docs.parquet"
-    result = score([_archive(folder, BAD)], out, model, keep_fields=("date", "outlet", "url"), doc_summary=docs,
-                   chunk_size=7)  # several parts: a document may not straddle them, but groups do
+    result = score(
+        [_archive(folder, BAD)], out, model, keep_fields=("date", "outlet", "url"), doc_summary=docs, chunk_size=7
+    )  # several parts: a document may not straddle them, but groups do
     return result, out, docs
 
 
@@ -107,22 +117,37 @@ def test_a_missing_or_malformed_kept_field_is_a_reject_naming_the_field(scored):
         "missing field 'outlet' (--keep-fields)",
         "field 'date': 'last Tuesday' is not an ISO 8601 date (YYYY-MM-DD[THH:MM[:SS]][+HH:MM])",
         "field 'outlet' is list, not a string or number (--keep-fields)",
-        "missing field 'url' (--keep-fields)"]
-    assert not {"no-outlet", "bad-date", "list-outlet", "blank-url"} & set(pq.read_table(out).column("doc_id").to_pylist())
+        "missing field 'url' (--keep-fields)",
+    ]
+    assert not {"no-outlet", "bad-date", "list-outlet", "blank-url"} & set(
+        pq.read_table(out).column("doc_id").to_pylist()
+    )
 
 
 def test_kept_fields_from_csv_and_parquet_and_a_missing_column(tmp_path):
-    (csv_in := tmp_path / "in.csv").write_text("id,text,outlet,date\n1,First.,Wire,2025-11-07\n2,Second.,,2025-11-07\n"
-                                               "3,Third.,Wire,07/11/2025\n", encoding="utf-8")
+    (csv_in := tmp_path / "in.csv").write_text(
+        "id,text,outlet,date\n1,First.,Wire,2025-11-07\n2,Second.,,2025-11-07\n3,Third.,Wire,07/11/2025\n",
+        encoding="utf-8",
+    )
     opt = ReadOptions(keep_fields=("outlet", "date"), date_fields=("date",))
     items = list(iter_items([csv_in], opt))
     assert items[0].fields == ("Wire", "2025-11-07")
-    assert [i.reason for i in items[1:]] == ["missing field 'outlet' (--keep-fields)",
-                                             "field 'date': '07/11/2025' is not an ISO 8601 date "
-                                             "(YYYY-MM-DD[THH:MM[:SS]][+HH:MM])"]
-    pq.write_table(pa.table({"id": ["a", "b"], "text": ["One.", "Two."], "outlet": ["Wire", "Paper"],
-                             "date": pa.array([dt.date(2025, 11, 7), None], pa.date32()), "rank": [1, 2]}),
-                   parquet_in := tmp_path / "in.parquet")
+    assert [i.reason for i in items[1:]] == [
+        "missing field 'outlet' (--keep-fields)",
+        "field 'date': '07/11/2025' is not an ISO 8601 date (YYYY-MM-DD[THH:MM[:SS]][+HH:MM])",
+    ]
+    pq.write_table(
+        pa.table(
+            {
+                "id": ["a", "b"],
+                "text": ["One.", "Two."],
+                "outlet": ["Wire", "Paper"],
+                "date": pa.array([dt.date(2025, 11, 7), None], pa.date32()),
+                "rank": [1, 2],
+            }
+        ),
+        parquet_in := tmp_path / "in.parquet",
+    )
     items = list(iter_items([parquet_in], ReadOptions(keep_fields=("date", "rank"), date_fields=("date",))))
     assert items[0].fields == ("2025-11-07", "1")  # a Parquet date as ISO text, a number as text
     assert items[1].reason == "missing field 'date' (--keep-fields)"
@@ -231,9 +256,18 @@ def test_weekly_bins_for_a_long_span_and_the_top_sentences(tmp_path):
         day = dt.date(2025, 1, 1) + dt.timedelta(days=d)
         for i in range(2):
             p = [0.1, 0.1, 0.8] if i else [0.7 + d / 1000, 0.2, 0.1 - d / 1000]
-            rows.append({"doc_id": f"d{d}", "source": "x", "sentence_index": i, "text": f"s{d}-{i}", "supported": True,
-                         "t": labels[p.index(max(p))], **{f"p_t_{lab}": v for lab, v in zip(labels, p)},
-                         "date": day.isoformat()})
+            rows.append(
+                {
+                    "doc_id": f"d{d}",
+                    "source": "x",
+                    "sentence_index": i,
+                    "text": f"s{d}-{i}",
+                    "supported": True,
+                    "t": labels[p.index(max(p))],
+                    **{f"p_t_{lab}": v for lab, v in zip(labels, p)},
+                    "date": day.isoformat(),
+                }
+            )
     pq.write_table(pa.Table.from_pylist(rows), src := tmp_path / "s.parquet")
     t = build_report(src, tmp_path / "r.html", over="date", top_k=3, batch_rows=7)
     tables = _read_tables((tmp_path / "r.html").read_text())
@@ -265,9 +299,112 @@ def test_cli_report(scored, tmp_path):
     from stancewatch.cli import app
 
     _, out, _ = scored
-    r = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "r.html"), "--by", "outlet",
-                                 "--over", "date"])
+    r = CliRunner().invoke(
+        app, ["report", str(out), "--out", str(tmp_path / "r.html"), "--by", "outlet", "--over", "date"]
+    )
     assert r.exit_code == 0, r.output
     assert "report:" in r.output and (tmp_path / "r.html").stat().st_size > 10_000
     r = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "r.html"), "--over", "when"])
     assert r.exit_code == 2 and "--over when" in r.output
+
+
+def test_batches_with_only_unsupported_sentences_or_no_group(tmp_path):
+    """JSONL read two rows at a time: whole batches with null labels, probabilities and outlets."""
+    rows = [
+        {
+            "doc_id": "a",
+            "source": "s",
+            "sentence_index": 0,
+            "text": "x",
+            "supported": False,
+            "t": None,
+            "p_t_yes": None,
+            "p_t_no": None,
+            "outlet": None,
+        },
+        {
+            "doc_id": "a",
+            "source": "s",
+            "sentence_index": 1,
+            "text": "y",
+            "supported": False,
+            "t": None,
+            "p_t_yes": None,
+            "p_t_no": None,
+            "outlet": None,
+        },
+        {
+            "doc_id": "b",
+            "source": "s",
+            "sentence_index": 0,
+            "text": "z",
+            "supported": True,
+            "t": "yes",
+            "p_t_yes": 0.9,
+            "p_t_no": 0.1,
+            "outlet": "W",
+        },
+        {
+            "doc_id": "b",
+            "source": "s",
+            "sentence_index": 1,
+            "text": "w",
+            "supported": True,
+            "t": "no",
+            "p_t_yes": 0.2,
+            "p_t_no": 0.8,
+            "outlet": "W",
+        },
+    ]
+    (src := tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t = build_report(src, tmp_path / "r.html", by="outlet", batch_rows=2)
+    assert (t.sentences, t.documents, t.unsupported) == (4, 2, 2)
+    tables = _read_tables((tmp_path / "r.html").read_text())
+    assert tables[("t", "by")] == {"W": (1, 2, {"yes": 1, "no": 1}), "(missing)": (1, 0, {"yes": 0, "no": 0})}
+    assert [r[1:3] for r in t.top[("t", "yes")].rows] == [("b", 0)]
+
+
+def test_cli_score_keep_fields_then_report(tmp_path, tiny_model):
+    from typer.testing import CliRunner
+
+    from stancewatch.cli import app
+
+    src = tmp_path / "feed.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _records()[:6]), encoding="utf-8")
+    out = tmp_path / "s.parquet"
+    r = CliRunner().invoke(
+        app,
+        [
+            "score",
+            str(src),
+            "--out",
+            str(out),
+            "--model",
+            tiny_model.tag,
+            "--no-progress",
+            "--keep-fields",
+            "outlet, date,outlet",
+            "--doc-summary",
+            str(tmp_path / "d.csv"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert pq.read_table(out).column_names[-2:] == ["outlet", "date"]  # in the order given, once each
+    assert (tmp_path / "d.csv").read_text().splitlines()[0].endswith('"outlet","date"')
+    r = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "r.html"), "--by", "outlet"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(
+        app,
+        [
+            "score",
+            str(src),
+            "--out",
+            str(tmp_path / "x.parquet"),
+            "--model",
+            tiny_model.tag,
+            "--no-progress",
+            "--keep-fields",
+            "text",
+        ],
+    )
+    assert r.exit_code == 2 and "already has a column" in r.output

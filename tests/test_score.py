@@ -28,8 +28,11 @@ from stancewatch.scoring.writer import OutputError
 
 REPO = Path(__file__).resolve().parent.parent
 ARTICLES = [
-    ("a1", "Tokyo will not retract the prime minister's remarks on Taiwan. Beijing demanded a correction. "
-           "The yen edged lower on Monday."),
+    (
+        "a1",
+        "Tokyo will not retract the prime minister's remarks on Taiwan. Beijing demanded a correction. "
+        "The yen edged lower on Monday.",
+    ),
     ("a2", "The remarks were reckless and must be withdrawn. Mr. Smith said so in Jan. at the U.S. embassy."),
     ("a3", "Peace in the Taiwan Strait matters to Japan's own security."),
 ]
@@ -87,8 +90,11 @@ def _make_input(kind: str, folder: Path) -> Path:
     elif kind in ("tar", "tar.gz"):
         path = folder / f"in.{kind}"
         with tarfile.open(path, "w:gz" if kind == "tar.gz" else "w") as tf:
-            for name, data in [("a1.txt", ARTICLES[0][1].encode()), ("more.csv", _csv_bytes(ARTICLES[1:2])),
-                               ("d/rest.jsonl.gz", gzip.compress(_jsonl_bytes(ARTICLES[2:])))]:
+            for name, data in [
+                ("a1.txt", ARTICLES[0][1].encode()),
+                ("more.csv", _csv_bytes(ARTICLES[1:2])),
+                ("d/rest.jsonl.gz", gzip.compress(_jsonl_bytes(ARTICLES[2:]))),
+            ]:
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
@@ -104,8 +110,14 @@ def _expected(model: StanceModel, articles) -> list[dict]:
         parts = split_sentences(text)
         preds = model.predict([s.text for s in parts], with_context(parts))
         for s, p in zip(parts, preds):
-            row = {"doc_id": doc_id, "sentence_index": s.index, "start": s.start, "end": s.end, "text": s.text,
-                   "truncated": p.truncated}
+            row = {
+                "doc_id": doc_id,
+                "sentence_index": s.index,
+                "start": s.start,
+                "end": s.end,
+                "text": s.text,
+                "truncated": p.truncated,
+            }
             for name, st in p.stances.items():
                 row[name] = st.label
                 row.update({f"p_{name}_{lab}": v for lab, v in st.probs.items()})
@@ -123,16 +135,19 @@ def _assert_rows_match(got: list[dict], want: list[dict]) -> None:
                 assert g[key] == value, key
 
 
-@pytest.mark.parametrize("kind", ["jsonl", "jsonl.gz", "jsonl.zst", "csv", "parquet", "folder", "zip", "tar",
-                                  "tar.gz"])
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl.gz", "jsonl.zst", "csv", "parquet", "folder", "zip", "tar", "tar.gz"])
 def test_every_input_kind_scores_like_the_model(kind, tmp_path, model):
     src = _make_input(kind, tmp_path)
     out = tmp_path / "out.parquet"
     result = score([src], out, model)
     assert (result.documents, result.rejected) == (3, 0)
     rows = pq.read_table(out).to_pylist()
-    ids = {"folder": ["a1.txt", "a2.md", "sub/a3.txt"], "zip": ["a1.txt", "a2", "a3"],
-           "tar": ["a1.txt", "a2", "a3"], "tar.gz": ["a1.txt", "a2", "a3"]}.get(kind, ["a1", "a2", "a3"])
+    ids = {
+        "folder": ["a1.txt", "a2.md", "sub/a3.txt"],
+        "zip": ["a1.txt", "a2", "a3"],
+        "tar": ["a1.txt", "a2", "a3"],
+        "tar.gz": ["a1.txt", "a2", "a3"],
+    }.get(kind, ["a1", "a2", "a3"])
     want = _expected(model, [(i, t) for i, (_, t) in zip(ids, ARTICLES)])
     _assert_rows_match(rows, want)
     assert result.sentences == len(want)
@@ -176,22 +191,27 @@ def test_sentence_unit_reads_each_record_as_one_sentence(tmp_path, model):
     score([src], out, model, unit="sentence")
     rows = pq.read_table(out).to_pylist()
     preds = model.predict(["The remarks were reckless. Really.", "There is no truth."])
-    assert [(r["doc_id"], r["sentence_index"], r["start"], r["end"]) for r in rows] == [("s1", 0, 0, 34), ("s2", 0, 0, 18)]
+    assert [(r["doc_id"], r["sentence_index"], r["start"], r["end"]) for r in rows] == [
+        ("s1", 0, 0, 34),
+        ("s2", 0, 0, 18),
+    ]
     name = model.schema.targets[0].name
     assert [r[name] for r in rows] == [p.stances[name].label for p in preds]
 
 
 def test_bad_records_are_rejected_with_line_numbers_and_the_run_goes_on(tmp_path, model):
     src = tmp_path / "bad.jsonl"
-    src.write_bytes(b'{"id": "ok1", "text": "Tokyo will not retract the remarks."}\n'  # 1
-                    b'{"id": "x", "text": \n'                                          # 2 invalid JSON
-                    b'\n'                                                              # 3 blank: skipped
-                    b'{"id": "y"}\n'                                                   # 4 missing text
-                    b'{"id": "z", "text": 42}\n'                                       # 5 not a string
-                    b'{"id": "u", "text": "caf\xe9 au lait"}\n'                        # 6 bad UTF-8
-                    b'{"id": "e", "text": "   "}\n'                                    # 7 empty
-                    b'[1, 2]\n'                                                        # 8 not an object
-                    b'{"text": "The yen edged lower."}\n')                             # 9 ok, no id
+    src.write_bytes(
+        b'{"id": "ok1", "text": "Tokyo will not retract the remarks."}\n'  # 1
+        b'{"id": "x", "text": \n'  # 2 invalid JSON
+        b"\n"  # 3 blank: skipped
+        b'{"id": "y"}\n'  # 4 missing text
+        b'{"id": "z", "text": 42}\n'  # 5 not a string
+        b'{"id": "u", "text": "caf\xe9 au lait"}\n'  # 6 bad UTF-8
+        b'{"id": "e", "text": "   "}\n'  # 7 empty
+        b"[1, 2]\n"  # 8 not an object
+        b'{"text": "The yen edged lower."}\n'
+    )  # 9 ok, no id
     out = tmp_path / "o.parquet"
     result = score([src], out, model)
     assert (result.documents, result.rejected) == (2, 6)
@@ -212,7 +232,9 @@ def test_csv_rejects_and_missing_column(tmp_path):
     items = list(iter_items([src]))
     assert [type(i).__name__ for i in items] == ["Record", "Reject", "Reject", "Record"]
     assert [(i.record_no, i.reason) for i in items if isinstance(i, Reject)] == [
-        (2, "empty text"), (3, "undecodable bytes (not UTF-8)")]
+        (2, "empty text"),
+        (3, "undecodable bytes (not UTF-8)"),
+    ]
     (other := tmp_path / "other.csv").write_text("id,body\n1,x\n")
     assert [i.reason for i in iter_items([other])] == ["no column 'text' (columns: id, body)"]
     assert [i.text for i in iter_items([other], ReadOptions(text_field="body"))] == ["x"]
@@ -339,7 +361,9 @@ def _generate_articles(path: Path, n: int, seed: int = 0) -> None:
     rng = random.Random(seed)
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(n):
-            fh.write(json.dumps({"id": f"doc{i}", "text": " ".join(rng.choices(sentences, k=rng.randint(3, 12)))}) + "\n")
+            fh.write(
+                json.dumps({"id": f"doc{i}", "text": " ".join(rng.choices(sentences, k=rng.randint(3, 12)))}) + "\n"
+            )
             if i % 997 == 0:
                 fh.write("{broken line\n")
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -164,9 +164,17 @@ def predict_table(model, chunk: Chunk, schema: pa.Schema) -> tuple[pa.Table, lis
     """
     r = model.read(chunk.text, chunk.context)
     supported = np.asarray(r.supported, dtype=bool)
-    cols: dict[str, object] = {"doc_id": chunk.doc_id, "source": chunk.source, "sentence_index": chunk.index,
-                               "start": chunk.start, "end": chunk.end, "text": chunk.text, "truncated": r.truncated,
-                               "language": r.language, "supported": r.supported}
+    cols: dict[str, object] = {
+        "doc_id": chunk.doc_id,
+        "source": chunk.source,
+        "sentence_index": chunk.index,
+        "start": chunk.start,
+        "end": chunk.end,
+        "text": chunk.text,
+        "truncated": r.truncated,
+        "language": r.language,
+        "supported": r.supported,
+    }
     label_ids = []
     for j, (target, p) in enumerate(zip(model.schema.targets, r.probs)):
         ids = r.label_ids(j)
@@ -175,7 +183,9 @@ def predict_table(model, chunk: Chunk, schema: pa.Schema) -> tuple[pa.Table, lis
         cols[target.name] = pa.array(names, type=pa.string(), mask=~supported) if len(p) else []
         rounded = np.round(p.astype(np.float64), 6)  # as the service and `StanceModel.predict` report them
         for k, label in enumerate(target.labels):
-            cols[f"p_{target.name}_{label}"] = pa.array(rounded[:, k], type=pa.float64(), mask=~supported) if len(p) else []
+            cols[f"p_{target.name}_{label}"] = (
+                pa.array(rounded[:, k], type=pa.float64(), mask=~supported) if len(p) else []
+            )
     _add_kept(cols, schema, chunk.kept)
     return pa.Table.from_pydict(cols, schema=schema), label_ids
 
@@ -191,8 +201,11 @@ def doc_table(targets, chunk: Chunk, label_ids: list[np.ndarray], schema: pa.Sch
     `targets`) the share of its supported sentences with each label."""
     counts = np.array([n for _, _, n in chunk.docs], dtype=np.int64)
     owner = np.repeat(np.arange(len(counts)), counts)  # sentence -> document row
-    cols: dict[str, object] = {"doc_id": [d for d, _, _ in chunk.docs], "source": [s for _, s, _ in chunk.docs],
-                               "sentences": counts}
+    cols: dict[str, object] = {
+        "doc_id": [d for d, _, _ in chunk.docs],
+        "source": [s for _, s, _ in chunk.docs],
+        "sentences": counts,
+    }
     unsupported = np.zeros(len(counts), dtype=np.int64)
     if label_ids:
         np.add.at(unsupported, owner, (label_ids[0] < 0).astype(np.int64))
@@ -254,9 +267,24 @@ def score(
             table, label_ids = predict_table(model, chunk, schema)
             yield chunk, table, label_ids
 
-    return run_job(inputs, out, model.tag, model.schema, local, unit=unit, text_field=text_field, id_field=id_field,
-                   resume=resume, chunk_size=chunk_size, doc_summary=doc_summary, max_member_bytes=max_member_bytes,
-                   keep_fields=keep_fields, date_fields=date_fields, on_start=on_start, on_chunk=on_chunk)
+    return run_job(
+        inputs,
+        out,
+        model.tag,
+        model.schema,
+        local,
+        unit=unit,
+        text_field=text_field,
+        id_field=id_field,
+        resume=resume,
+        chunk_size=chunk_size,
+        doc_summary=doc_summary,
+        max_member_bytes=max_member_bytes,
+        keep_fields=keep_fields,
+        date_fields=date_fields,
+        on_start=on_start,
+        on_chunk=on_chunk,
+    )
 
 
 def run_job(
@@ -285,9 +313,16 @@ def run_job(
     chunk_size = int(chunk_size or DEFAULT_CHUNK[unit])
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
-    job = {"inputs": [str(p.resolve()) for p in inputs], "unit": unit, "text_field": text_field,
-           "id_field": id_field, "model": tag, "chunk_size": chunk_size, "max_member_bytes": max_member_bytes,
-           "doc_summary": doc_summary is not None}
+    job = {
+        "inputs": [str(p.resolve()) for p in inputs],
+        "unit": unit,
+        "text_field": text_field,
+        "id_field": id_field,
+        "model": tag,
+        "chunk_size": chunk_size,
+        "max_member_bytes": max_member_bytes,
+        "doc_summary": doc_summary is not None,
+    }
     keep_fields = tuple(keep_fields)
     date_fields = tuple(f for f in date_fields if f in keep_fields)
     targets = model_schema.targets
@@ -301,8 +336,13 @@ def run_job(
         on_start(skip)
     started = time.perf_counter()
     docs_run = sentences_run = 0
-    opt = ReadOptions(text_field=text_field, id_field=id_field, max_member_bytes=max_member_bytes,
-                      keep_fields=keep_fields, date_fields=date_fields)
+    opt = ReadOptions(
+        text_field=text_field,
+        id_field=id_field,
+        max_member_bytes=max_member_bytes,
+        keep_fields=keep_fields,
+        date_fields=date_fields,
+    )
     chunks = _prefetched(_chunks(iter_items(inputs, opt), chunk_size, skip, unit), PREFETCH)
     try:
         with closing(chunks):  # on any error, stop the reader thread now
@@ -317,8 +357,15 @@ def run_job(
         store.discard_if_empty()  # a run that failed before its first commit leaves nothing behind
         raise
     m = store.manifest
-    store.finish(schema, doc_summary, dschema,
-                 output_metadata(tag, model_schema.to_dict(), unit, keep_fields))
-    return ScoreResult(out=out, rejects=store.rejects_path, documents=m["documents"], sentences=m["sentences"],
-                       rejected=m["rejected"], items_resumed=skip, documents_this_run=docs_run,
-                       sentences_this_run=sentences_run, elapsed_s=time.perf_counter() - started)
+    store.finish(schema, doc_summary, dschema, output_metadata(tag, model_schema.to_dict(), unit, keep_fields))
+    return ScoreResult(
+        out=out,
+        rejects=store.rejects_path,
+        documents=m["documents"],
+        sentences=m["sentences"],
+        rejected=m["rejected"],
+        items_resumed=skip,
+        documents_this_run=docs_run,
+        sentences_this_run=sentences_run,
+        elapsed_s=time.perf_counter() - started,
+    )

@@ -33,8 +33,8 @@ import time
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -75,8 +75,9 @@ def needed_files(folder: Path, backend: str = "auto") -> Callable[[str], bool]:
         if rel.startswith(("eval/", "data/")):
             return False  # the evaluation report and the training examples
         if chosen == "openvino":
-            return rel != "model.safetensors" and (not rel.startswith("openvino/model")
-                                                   or rel.startswith("openvino/" + ov_stem))
+            return rel != "model.safetensors" and (
+                not rel.startswith("openvino/model") or rel.startswith("openvino/" + ov_stem)
+            )
         if chosen == "torch":
             return not rel.startswith("openvino/")
         return True
@@ -151,9 +152,17 @@ class Scorer:
 
 def slice_chunk(chunk: Chunk, a: int, b: int) -> Chunk:
     """Sentences a:b of a chunk, as a chunk of their own (no documents or rejects: the driver keeps those)."""
-    return Chunk(items=0, doc_id=chunk.doc_id[a:b], source=chunk.source[a:b], index=chunk.index[a:b],
-                 start=chunk.start[a:b], end=chunk.end[a:b], text=chunk.text[a:b], context=chunk.context[a:b],
-                 kept=chunk.kept[a:b])
+    return Chunk(
+        items=0,
+        doc_id=chunk.doc_id[a:b],
+        source=chunk.source[a:b],
+        index=chunk.index[a:b],
+        start=chunk.start[a:b],
+        end=chunk.end[a:b],
+        text=chunk.text[a:b],
+        context=chunk.context[a:b],
+        kept=chunk.kept[a:b],
+    )
 
 
 # ---- connecting ---------------------------------------------------------------------------------
@@ -189,7 +198,7 @@ def _probe(address: str, timeout: float = 10.0) -> None:
     240 s, then killed), so a typo in --ray-address looked like a hang."""
     import socket
 
-    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    hostport = address[len("ray://") :] if address.startswith("ray://") else address
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
         return  # "auto", "local" or a form Ray resolves itself
@@ -200,8 +209,10 @@ def _probe(address: str, timeout: float = 10.0) -> None:
             return
         except OSError as exc:
             if time.monotonic() > deadline:
-                raise RayEngineError(f"cannot reach Ray at {address}: nothing answers on {host}:{port} ({exc}); "
-                                     "is `ray start --head` running there, and is this the port it printed?") from None
+                raise RayEngineError(
+                    f"cannot reach Ray at {address}: nothing answers on {host}:{port} ({exc}); "
+                    "is `ray start --head` running there, and is this the port it printed?"
+                ) from None
             time.sleep(0.5)
 
 
@@ -228,16 +239,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> tuple[b
         elif address:
             ray.init(address=address, logging_level="WARNING", log_to_driver=False)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, logging_level="WARNING",
-                     log_to_driver=False)
+            ray.init(
+                num_cpus=num_cpus or os.cpu_count() or 1,
+                include_dashboard=False,
+                logging_level="WARNING",
+                log_to_driver=False,
+            )
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, grpc errors, ...
         _restore(changed)
         hint = ""
         if "ray[client]" in str(exc):
             hint = " (the ray:// address needs Ray Client: pip install 'stancewatch[ray]')"
         elif "auth" in str(exc).lower() or "token" in str(exc).lower():
-            hint = (" (the cluster uses token authentication: give this machine the cluster's token in "
-                    "~/.ray/auth_token or RAY_AUTH_TOKEN, and set RAY_AUTH_MODE=token)")
+            hint = (
+                " (the cluster uses token authentication: give this machine the cluster's token in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN, and set RAY_AUTH_MODE=token)"
+            )
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RayEngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {first}{hint}") from None
     return True, changed
@@ -260,8 +277,10 @@ def _init_client(ray, address: str) -> None:
         except ConnectionAbortedError:
             if attempt == CLIENT_ATTEMPTS:
                 raise
-            _stderr(f"Ray Client server at {address} failed to start (a known Ray bug); trying again "
-                    f"({attempt + 1} of {CLIENT_ATTEMPTS})")
+            _stderr(
+                f"Ray Client server at {address} failed to start (a known Ray bug); trying again "
+                f"({attempt + 1} of {CLIENT_ATTEMPTS})"
+            )
             try:
                 ray.shutdown()
             except Exception:  # noqa: BLE001 - nothing to shut down
@@ -296,16 +315,23 @@ def plan_actors(ray, num_actors: int | None, threads: int | None) -> list[dict]:
         per = threads or max(1, total // num_actors)
         if num_actors * per > total:
             setting = "STANCEWATCH_THREADS" if threads else "the cluster's CPUs / --ray-actors"
-            raise RayEngineError(f"--ray-actors {num_actors} with {per} threads each ({setting}) needs "
-                                 f"{num_actors * per} CPUs; the cluster has {total}")
+            raise RayEngineError(
+                f"--ray-actors {num_actors} with {per} threads each ({setting}) needs "
+                f"{num_actors * per} CPUs; the cluster has {total}"
+            )
         return [{"num_cpus": per, "scheduling_strategy": "SPREAD", "threads": per} for _ in range(num_actors)]
     plan = []
     for node in nodes:
         cpus = int(node["Resources"]["CPU"])
         per = min(threads or cpus, cpus)
         for _ in range(max(1, cpus // per)):
-            plan.append({"num_cpus": per, "threads": per,
-                         "scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)})
+            plan.append(
+                {
+                    "num_cpus": per,
+                    "threads": per,
+                    "scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+                }
+            )
     return plan
 
 
@@ -321,8 +347,17 @@ class _Round:
 class ActorPool:
     """Long-lived scoring actors and the driver-side dispatch of chunk slices to them."""
 
-    def __init__(self, ray, model_folder: str | Path, tag: str, backend: str, plan: list[dict],
-                 batch_size: int, n_targets: int, warn: Callable[[str], None]):
+    def __init__(
+        self,
+        ray,
+        model_folder: str | Path,
+        tag: str,
+        backend: str,
+        plan: list[dict],
+        batch_size: int,
+        n_targets: int,
+        warn: Callable[[str], None],
+    ):
         self.ray, self.batch_size, self.n_targets, self.warn = ray, batch_size, n_targets, warn
         files = ray.put(read_model_folder(model_folder, backend))  # once per job; every actor reads the same object
         remote = ray.remote(Scorer)
@@ -331,7 +366,8 @@ class ActorPool:
             opts = dict(opts)
             threads = opts.pop("threads")
             self.actors[i] = remote.options(max_restarts=0, max_task_retries=0, **opts).remote(
-                files, tag, backend, threads)
+                files, tag, backend, threads
+            )
         self.started = len(self.actors)
         self.load: dict[int, int] = {i: 0 for i in self.actors}
         self.info: dict[int, dict] = {}
@@ -343,7 +379,9 @@ class ActorPool:
             try:
                 self.info[i] = self.ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - RayActorError, RuntimeEnvSetupError, ...
-                raise RayEngineError(f"scoring actor {i + 1} of {self.started} could not start: {_first_line(exc)}") from None
+                raise RayEngineError(
+                    f"scoring actor {i + 1} of {self.started} could not start: {_first_line(exc)}"
+                ) from None
         self._ready = {}
 
     def close(self) -> None:
@@ -362,8 +400,10 @@ class ActorPool:
         node = self.info.get(i, {}).get("node", "?")
         left = len(self.actors)
         if left:
-            self.warn(f"Ray scoring actor {i + 1} of {self.started} was lost (node {node[:12]}: {_first_line(exc)}); "
-                      f"its unfinished batches are retried on the {left} actor{'s' if left > 1 else ''} left")
+            self.warn(
+                f"Ray scoring actor {i + 1} of {self.started} was lost (node {node[:12]}: {_first_line(exc)}); "
+                f"its unfinished batches are retried on the {left} actor{'s' if left > 1 else ''} left"
+            )
 
     def score_chunks(self, chunks: Iterator[Chunk], schema: pa.Schema) -> Iterator[tuple[Chunk, pa.Table, list]]:
         """`pipeline.ChunkScorer`: each chunk's sentences scored by the actors, chunks back in order."""
@@ -398,8 +438,9 @@ class ActorPool:
                 return
             if not flying:
                 if not self.actors:
-                    raise RayEngineError(f"all {self.started} Ray scoring actors were lost; no actor is left to "
-                                         "score on")
+                    raise RayEngineError(
+                        f"all {self.started} Ray scoring actors were lost; no actor is left to score on"
+                    )
                 continue
             done, _ = ray.wait(list(flying), num_returns=1)
             for ref in done:
@@ -412,18 +453,23 @@ class ActorPool:
                     if isinstance(exc, ray.exceptions.RayActorError):
                         self._lose(i, exc)
                     if attempts + 1 >= MAX_ATTEMPTS:
-                        raise RayEngineError(f"a batch of {len(part.text)} sentences was lost {MAX_ATTEMPTS} times "
-                                             f"(last: {_first_line(exc)})") from None
+                        raise RayEngineError(
+                            f"a batch of {len(part.text)} sentences was lost {MAX_ATTEMPTS} times "
+                            f"(last: {_first_line(exc)})"
+                        ) from None
                     if not self.actors:
-                        raise RayEngineError(f"all {self.started} Ray scoring actors were lost (last: "
-                                             f"{_first_line(exc)})") from None
+                        raise RayEngineError(
+                            f"all {self.started} Ray scoring actors were lost (last: {_first_line(exc)})"
+                        ) from None
                     todo.appendleft((r, k, part, attempts + 1))
                     continue
                 except ray.exceptions.RayTaskError as exc:
                     raise RayEngineError(f"a Ray scoring actor failed: {_first_line(exc.cause or exc)}") from None
                 if table.num_rows != len(part.text) or any(len(ids) != len(part.text) for ids in label_ids):
-                    raise RayEngineError(f"a Ray scoring actor returned {table.num_rows} rows for "
-                                         f"{len(part.text)} sentences; nothing of that chunk was written")
+                    raise RayEngineError(
+                        f"a Ray scoring actor returned {table.num_rows} rows for "
+                        f"{len(part.text)} sentences; nothing of that chunk was written"
+                    )
                 r.results[k] = (table, label_ids)
                 r.missing -= 1
 
@@ -437,8 +483,10 @@ def _finish(r: _Round, schema: pa.Schema, n_targets: int) -> tuple[Chunk, pa.Tab
         table, label_ids = schema.empty_table(), [np.zeros(0, dtype=np.int64) for _ in range(n_targets)]
     expected = sum(n for _, _, n in r.chunk.docs)
     if table.num_rows != len(r.chunk.text) or table.num_rows != expected:
-        raise RayEngineError(f"a chunk came back with {table.num_rows} rows for {len(r.chunk.text)} sentences "
-                             f"({expected} by its documents); nothing of it was written")
+        raise RayEngineError(
+            f"a chunk came back with {table.num_rows} rows for {len(r.chunk.text)} sentences "
+            f"({expected} by its documents); nothing of it was written"
+        )
     return r.chunk, table, label_ids
 
 
@@ -499,13 +547,35 @@ def score_ray(
     pool = None
     try:
         started = time.perf_counter()
-        pool = ActorPool(ray, model_folder, tag, backend, plan_actors(ray, num_actors, threads), batch_size,
-                         len(model_schema.targets), on_warning or _stderr)
+        pool = ActorPool(
+            ray,
+            model_folder,
+            tag,
+            backend,
+            plan_actors(ray, num_actors, threads),
+            batch_size,
+            len(model_schema.targets),
+            on_warning or _stderr,
+        )
         try:
-            result = run_job(inputs, out, tag, model_schema, pool.score_chunks, unit=unit, text_field=text_field,
-                             id_field=id_field, resume=resume, chunk_size=chunk_size, doc_summary=doc_summary,
-                             max_member_bytes=max_member_bytes, keep_fields=keep_fields, date_fields=date_fields,
-                             on_start=on_start, on_chunk=on_chunk)
+            result = run_job(
+                inputs,
+                out,
+                tag,
+                model_schema,
+                pool.score_chunks,
+                unit=unit,
+                text_field=text_field,
+                id_field=id_field,
+                resume=resume,
+                chunk_size=chunk_size,
+                doc_summary=doc_summary,
+                max_member_bytes=max_member_bytes,
+                keep_fields=keep_fields,
+                date_fields=date_fields,
+                on_start=on_start,
+                on_chunk=on_chunk,
+            )
         except RayEngineError as exc:
             raise RayEngineError(f"{exc}. {_committed(out)}") from None
         return dataclasses.replace(result, elapsed_s=time.perf_counter() - started)
@@ -526,5 +596,7 @@ def _committed(out: Path) -> str:
         m = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return "Nothing was written; rerun the command."
-    return (f"{m['items_done']} input records ({m['sentences']} sentences) are committed in {manifest.parent}; "
-            "run the same command with --resume to finish (on any engine, same --chunk-size)")
+    return (
+        f"{m['items_done']} input records ({m['sentences']} sentences) are committed in {manifest.parent}; "
+        "run the same command with --resume to finish (on any engine, same --chunk-size)"
+    )

@@ -23,9 +23,10 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Iterator
+from typing import IO
 
 DEFAULT_MAX_MEMBER_BYTES = 200 * 1024 * 1024  # uncompressed bytes per archive member
 TEXT_SUFFIXES = (".txt", ".md")
@@ -106,8 +107,10 @@ def check_inputs(inputs: list[Path]) -> None:
         if not path.exists():
             raise InputError(f"input not found: {path}")
         if not path.is_dir() and _kind(path.name) is None:
-            raise InputError(f"{path}: unknown input kind; expected .jsonl/.ndjson[.gz|.zst], .csv[.gz|.zst], "
-                             ".parquet, .txt, .md, a folder, .zip, .tar or .tar.gz")
+            raise InputError(
+                f"{path}: unknown input kind; expected .jsonl/.ndjson[.gz|.zst], .csv[.gz|.zst], "
+                ".parquet, .txt, .md, a folder, .zip, .tar or .tar.gz"
+            )
 
 
 # ---- bounded reading ----------------------------------------------------------------------------
@@ -266,7 +269,9 @@ def _read_csv(fh: IO[bytes], source: str, opt: ReadOptions) -> Iterator[Item]:
         return
     absent = [f for f in opt.keep_fields if f not in header]
     if absent:
-        yield Reject(source, 0, f"no column {', '.join(map(repr, absent))} for --keep-fields (columns: {', '.join(header)})")
+        yield Reject(
+            source, 0, f"no column {', '.join(map(repr, absent))} for --keep-fields (columns: {', '.join(header)})"
+        )
         return
     ti = header.index(opt.text_field)
     ii = header.index(opt.id_field) if opt.id_field in header else None
@@ -300,7 +305,9 @@ def _read_parquet(fh, source: str, opt: ReadOptions) -> Iterator[Item]:
         return
     absent = [f for f in opt.keep_fields if f not in names]
     if absent:
-        yield Reject(source, 0, f"no column {', '.join(map(repr, absent))} for --keep-fields (columns: {', '.join(names)})")
+        yield Reject(
+            source, 0, f"no column {', '.join(map(repr, absent))} for --keep-fields (columns: {', '.join(names)})"
+        )
         return
     columns = [opt.text_field] + ([opt.id_field] if opt.id_field in names and opt.id_field != opt.text_field else [])
     columns += [f for f in opt.keep_fields if f not in columns]
@@ -332,8 +339,9 @@ def _read_text(fh: IO[bytes], source: str, doc_id: str, opt: ReadOptions = ReadO
     yield Record(source, 1, doc_id, text, (None,) * len(opt.keep_fields))  # a text file has no fields to keep
 
 
-def _read_stream(fh: IO[bytes], name: str, source: str, doc_id: str, opt: ReadOptions,
-                 limit: int | None) -> Iterator[Item]:
+def _read_stream(
+    fh: IO[bytes], name: str, source: str, doc_id: str, opt: ReadOptions, limit: int | None
+) -> Iterator[Item]:
     """Items of one file's bytes (a plain file or an archive member); `limit` bounds its size."""
     kind = _kind(name)
     if kind == "parquet":
@@ -390,8 +398,9 @@ def _read_zip(path: Path, opt: ReadOptions) -> Iterator[Item]:
                 yield Reject(source, 0, "nested archives are not read")
                 continue
             if info.file_size > opt.max_member_bytes:  # declared size; the reader checks the real one
-                yield Reject(source, 0, f"too large: {info.file_size} uncompressed bytes "
-                                        f"(limit {opt.max_member_bytes})")
+                yield Reject(
+                    source, 0, f"too large: {info.file_size} uncompressed bytes (limit {opt.max_member_bytes})"
+                )
                 continue
             try:
                 member = zf.open(info)
@@ -399,8 +408,9 @@ def _read_zip(path: Path, opt: ReadOptions) -> Iterator[Item]:
                 yield Reject(source, 0, f"unreadable: {exc}")
                 continue
             with member:
-                yield from _guarded(_read_stream(member, info.filename, source, info.filename, opt,
-                                                 opt.max_member_bytes), source)
+                yield from _guarded(
+                    _read_stream(member, info.filename, source, info.filename, opt, opt.max_member_bytes), source
+                )
 
 
 def _read_tar(path: Path, opt: ReadOptions) -> Iterator[Item]:
@@ -417,12 +427,10 @@ def _read_tar(path: Path, opt: ReadOptions) -> Iterator[Item]:
                 yield Reject(source, 0, "nested archives are not read")
                 continue
             if member.size > opt.max_member_bytes:
-                yield Reject(source, 0, f"too large: {member.size} uncompressed bytes "
-                                        f"(limit {opt.max_member_bytes})")
+                yield Reject(source, 0, f"too large: {member.size} uncompressed bytes (limit {opt.max_member_bytes})")
                 continue
             fh = tf.extractfile(member)  # a file object over the stream, nothing written
-            yield from _guarded(_read_stream(fh, member.name, source, member.name, opt, opt.max_member_bytes),
-                                source)
+            yield from _guarded(_read_stream(fh, member.name, source, member.name, opt, opt.max_member_bytes), source)
 
 
 def _read_folder(path: Path, opt: ReadOptions) -> Iterator[Item]:
@@ -469,8 +477,11 @@ def count_items(inputs: list[Path]) -> int | None:
         kind = None if path.is_dir() else _kind(path.name)
         try:
             if path.is_dir():
-                total += sum(1 for p in path.rglob("*") if p.is_file() and _kind(p.name) == "text"
-                             and not _skip_member(p.relative_to(path).as_posix()))
+                total += sum(
+                    1
+                    for p in path.rglob("*")
+                    if p.is_file() and _kind(p.name) == "text" and not _skip_member(p.relative_to(path).as_posix())
+                )
                 if any(p.is_file() and _kind(p.name) not in (None, "text") for p in path.rglob("*")):
                     return None
             elif kind == "parquet":

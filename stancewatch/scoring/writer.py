@@ -39,9 +39,17 @@ def output_format(path: Path) -> str:
 def sentence_schema(targets, keep_fields=()) -> pa.Schema:
     """Sentence rows: position and text, then per target its label and one probability per label, then
     the kept input fields (--keep-fields) as text."""
-    fields = [("doc_id", pa.string()), ("source", pa.string()), ("sentence_index", pa.int32()),
-              ("start", pa.int64()), ("end", pa.int64()), ("text", pa.string()), ("truncated", pa.bool_()),
-              ("language", pa.string()), ("supported", pa.bool_())]
+    fields = [
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("sentence_index", pa.int32()),
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("text", pa.string()),
+        ("truncated", pa.bool_()),
+        ("language", pa.string()),
+        ("supported", pa.bool_()),
+    ]
     for t in targets:
         fields.append((t.name, pa.string()))
         fields += [(f"p_{t.name}_{label}", pa.float64()) for label in t.labels]
@@ -61,8 +69,13 @@ def output_metadata(model_tag: str, schema: dict, unit: str, keep_fields=()) -> 
     `stancewatch report`). Written at assembly, so a resumed job records when it finished."""
     import datetime as dt
 
-    meta = {"model": model_tag, "schema": schema, "unit": unit, "keep_fields": list(keep_fields),
-            "scored_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    meta = {
+        "model": model_tag,
+        "schema": schema,
+        "unit": unit,
+        "keep_fields": list(keep_fields),
+        "scored_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
     return {b"stancewatch": json.dumps(meta, ensure_ascii=False).encode("utf-8")}
 
 
@@ -120,20 +133,31 @@ class PartStore:
             if manifest_path.exists():
                 old = json.loads(manifest_path.read_text(encoding="utf-8"))
                 if not resume:
-                    raise OutputError(f"{self.folder} holds an unfinished run ({old['items_done']} input records "
-                                      "done); pass --resume to finish it, or delete that folder to start over")
+                    raise OutputError(
+                        f"{self.folder} holds an unfinished run ({old['items_done']} input records "
+                        "done); pass --resume to finish it, or delete that folder to start over"
+                    )
                 diff = sorted(k for k in set(job) | set(old["job"]) if job.get(k) != old["job"].get(k))
                 if diff:
-                    raise OutputError(f"--resume: the unfinished run in {self.folder} used other settings ("
-                                      + "; ".join(f"{k}: {old['job'].get(k)!r} then, {job.get(k)!r} now"
-                                                  for k in diff) + ")")
+                    raise OutputError(
+                        f"--resume: the unfinished run in {self.folder} used other settings ("
+                        + "; ".join(f"{k}: {old['job'].get(k)!r} then, {job.get(k)!r} now" for k in diff)
+                        + ")"
+                    )
                 self.manifest = old
             else:
                 if self.folder.exists():  # a folder without a manifest committed nothing
                     shutil.rmtree(self.folder)
                 self.folder.mkdir()
-                self.manifest = {"version": MANIFEST_VERSION, "job": job, "items_done": 0, "documents": 0,
-                                 "sentences": 0, "rejected": 0, "parts": []}
+                self.manifest = {
+                    "version": MANIFEST_VERSION,
+                    "job": job,
+                    "items_done": 0,
+                    "documents": 0,
+                    "sentences": 0,
+                    "rejected": 0,
+                    "parts": [],
+                }
                 _write_json_atomic(manifest_path, self.manifest)
             probe = self.folder / ".write-test"
             probe.write_bytes(b"")
@@ -145,13 +169,19 @@ class PartStore:
     def items_done(self) -> int:
         return int(self.manifest["items_done"])
 
-    def commit(self, items: int, documents: int, sentences: pa.Table, rejects: list[dict],
-               docs: pa.Table | None = None) -> None:
+    def commit(
+        self, items: int, documents: int, sentences: pa.Table, rejects: list[dict], docs: pa.Table | None = None
+    ) -> None:
         """Write one chunk's files durably, then record it (and the items it consumed) in the manifest."""
         n = len(self.manifest["parts"])
-        entry = {"part": f"part-{n:06d}.parquet", "rejects": f"rejects-{n:06d}.jsonl", "items": items,
-                 "documents": documents, "sentences": sentences.num_rows,
-                 "rejected": len(rejects)}
+        entry = {
+            "part": f"part-{n:06d}.parquet",
+            "rejects": f"rejects-{n:06d}.jsonl",
+            "items": items,
+            "documents": documents,
+            "sentences": sentences.num_rows,
+            "rejected": len(rejects),
+        }
         tmp = self.folder / f".{entry['part']}.tmp"
         pq.write_table(sentences, tmp, compression="zstd")
         _replace_durably(tmp, self.folder / entry["part"])
@@ -178,15 +208,21 @@ class PartStore:
         if not self.manifest["parts"]:
             shutil.rmtree(self.folder, ignore_errors=True)
 
-    def finish(self, schema: pa.Schema, doc_summary: Path | None = None, docs_schema: pa.Schema | None = None,
-               metadata: dict[bytes, bytes] | None = None) -> None:
+    def finish(
+        self,
+        schema: pa.Schema,
+        doc_summary: Path | None = None,
+        docs_schema: pa.Schema | None = None,
+        metadata: dict[bytes, bytes] | None = None,
+    ) -> None:
         """Assemble the final files from the parts (one part in memory at a time), then drop the folder.
         `metadata` goes into the Parquet files' key-value metadata (see `output_metadata`)."""
         parts = self.manifest["parts"]
         _assemble([self.folder / p["part"] for p in parts], schema, self.out, self.format, metadata)
         if doc_summary is not None:
-            _assemble([self.folder / p["docs"] for p in parts], docs_schema, doc_summary, output_format(doc_summary),
-                      metadata)
+            _assemble(
+                [self.folder / p["docs"] for p in parts], docs_schema, doc_summary, output_format(doc_summary), metadata
+            )
         tmp = self.rejects_path.with_name(f".{self.rejects_path.name}.tmp")
         with open(tmp, "wb") as dst:
             for p in parts:
@@ -199,8 +235,9 @@ class PartStore:
 ROW_GROUP_ROWS = 16_384  # rows per Parquet row group in the assembled file
 
 
-def _assemble(parts: list[Path], schema: pa.Schema, out: Path, fmt: str,
-              metadata: dict[bytes, bytes] | None = None) -> None:
+def _assemble(
+    parts: list[Path], schema: pa.Schema, out: Path, fmt: str, metadata: dict[bytes, bytes] | None = None
+) -> None:
     tmp = out.with_name(f".{out.name}.tmp")
     if fmt == "parquet":
         # The writer keeps every row group's metadata until it closes: one small row group per part,
