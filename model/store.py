@@ -109,11 +109,28 @@ def _pointer_lock():
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def promote(tag: str) -> str:
-    """Make `tag` production (recording the previous one for rollback); return the full tag."""
+class ProductionChanged(RuntimeError):
+    """Production is no longer the version a promotion decision was made against."""
+
+
+_ANY = object()
+
+
+def promote(tag: str, expect: str | None | object = _ANY) -> str:
+    """Make `tag` production (recording the previous one for rollback); return the full tag.
+
+    With `expect`, promote only if production is still that tag (None: no production): a decision
+    that compared against one production must not replace another promoted meanwhile (checked under
+    the same lock as the write, so two trainings finishing together cannot both pass it).
+    """
     full = str(get(tag).tag)
     with _pointer_lock():
         data = _read_pointer()
+        if expect is not _ANY and data.get("tag") != expect:
+            raise ProductionChanged(
+                f"not promoted: production changed from {expect!r} to {data.get('tag')!r} after {full} was compared "
+                f"with it; compare again (`stancewatch models promote {full}` replaces it regardless)"
+            )
         if data.get("tag") and data["tag"] != full:
             data.setdefault("history", []).append(data["tag"])
         data["tag"] = full

@@ -330,7 +330,7 @@ class Tally:
                     best = idx[np.argsort(-p[idx], kind="stable")[: self.top_k]]
                     take = pa.array(best)
                     indices = (
-                        _array(table, "sentence_index").take(take).to_pylist()
+                        table.column("sentence_index").take(take).to_pylist()
                         if "sentence_index" in table.column_names
                         else [0] * len(best)
                     )
@@ -339,7 +339,9 @@ class Tally:
                         p[best],
                         doc.take(take).to_pylist(),
                         indices,
-                        _array(table, "text").take(take).to_pylist(),
+                        table.column("text")
+                        .take(take)
+                        .to_pylist(),  # take on the chunked column: no copy of the whole text
                         group_of,
                     )
 

@@ -154,6 +154,7 @@ def test_ray_engine_writes_the_local_engines_files(tmp_path, tiny_model, local_r
     src = _archive(tmp_path)
     model = StanceModel.load(tiny_model.tag)
     want = score([src], tmp_path / "local.parquet", model, chunk_size=4, doc_summary=tmp_path / "docs-local.parquet")
+    copies = set(Path(tempfile.gettempdir()).glob("stancewatch-model-*"))  # actors' model folders
     # Chunks of 4 records and slices of 3 sentences: documents cut across slices and actors.
     got = score_ray(
         [src],
@@ -176,6 +177,8 @@ def test_ray_engine_writes_the_local_engines_files(tmp_path, tiny_model, local_r
     assert not g.row_group(0).column(text).is_stats_set  # no min/max of the text columns (memory, see writer)
     assert json.loads(g.metadata[b"stancewatch"])["model"] == model.tag
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name.endswith(".parts")]
+    # ray.kill runs no exit handler in an actor: each actor removes its model copy once loaded.
+    assert set(Path(tempfile.gettempdir()).glob("stancewatch-model-*")) <= copies
 
 
 def test_ray_run_resumes_after_a_crash(tmp_path, tiny_model, local_ray, monkeypatch):

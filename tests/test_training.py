@@ -360,3 +360,37 @@ def test_crossval_by_article_keeps_articles_whole(tiny_base):
     assert sum(r["n_examples"] for r in result["per_fold"]) == len(data.examples)
     with pytest.raises(ValueError, match="documents cannot make"):
         cross_validate(_news_subset(2), cfg, folds=3, progress=False, by_article=True)
+
+
+def test_a_decision_against_one_production_does_not_replace_another(
+    tiny_base, tiny_csv, tiny_model, tmp_path, restore_production, monkeypatch
+):
+    data = load_labelled([tiny_csv])
+    other = train(data, tiny_cfg(tiny_base), progress=False, promote="never")
+    store.promote(tiny_model.tag)
+    fresh = tmp_path / "fresh.csv"
+    fresh.write_text(
+        "text,taiwan_policy,external_pressure\n"
+        + "".join(f"Another held-out sentence {i}.,{('favor', 'against', 'none')[i % 3]},none\n" for i in range(6)),
+        encoding="utf-8",
+    )
+    real_save = store.save_version
+
+    def save_then_someone_promotes(folder, metadata):  # another training finishes in between
+        tag = real_save(folder, metadata)
+        store.promote(other.tag)
+        return tag
+
+    monkeypatch.setattr(store, "save_version", save_then_someone_promotes)
+    late = train(
+        data,
+        tiny_cfg(tiny_base),
+        dev=load_labelled([fresh], schema=data.schema),
+        progress=False,
+        promote="auto",
+        margin=1000.0,  # it would be promoted against tiny_model
+    )
+    decision = late.metadata["promotion"]
+    assert decision["production_at_decision"] == tiny_model.tag
+    assert decision["promote"] is False and "production changed" in decision["message"]
+    assert store.production_tag() == other.tag  # the newer promotion stands

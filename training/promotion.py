@@ -84,6 +84,7 @@ def decide(
         "targets_without_labels": full["targets_without_labels"],
     }
     prod_tag = store.production_tag()
+    out["production_at_decision"] = prod_tag  # promote() checks production is still this one
     if mode == "never":
         return {**out, "promote": False, "message": "not promoted (--promote never)"}
     if mode == "always":

@@ -639,7 +639,10 @@ def train(
             metadata["promotion"] = decision
             tag = store.save_version(staging, metadata)
             if decision["promote"]:
-                store.promote(tag)
+                try:
+                    store.promote(tag, **({"expect": decision["production_at_decision"]} if promote == "auto" else {}))
+                except store.ProductionChanged as exc:  # another training promoted meanwhile
+                    decision.update(promote=False, message=str(exc))
             folder = Path(store.get(tag).path)
             shutil.rmtree(staging, ignore_errors=True)
         else:

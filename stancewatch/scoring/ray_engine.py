@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 import uuid
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,9 +135,14 @@ class Scorer:
         from stancewatch.model.predictor import StanceModel
 
         folder = Path(tempfile.mkdtemp(prefix="stancewatch-model-"))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, folder, True)
-        self.model = StanceModel(write_model_folder(files, folder), backend=backend, threads=threads, tag=tag)
-        self.model.read(["Warm-up."], [None])  # loads the language models now, not inside the first slice
+        try:
+            self.model = StanceModel(write_model_folder(files, folder), backend=backend, threads=threads, tag=tag)
+            self.model.read(["Warm-up."], [None])  # loads the language models now, not inside the first slice
+        finally:
+            # The pool ends actors with ray.kill, which runs no exit handler, so nothing later would
+            # delete this copy (24-86 MB per actor per run). The model is in memory by now; a file
+            # still mapped stays readable after it is unlinked (Linux).
+            shutil.rmtree(folder, ignore_errors=True)
         self.load_s = time.perf_counter() - started
 
     def ready(self) -> dict:
