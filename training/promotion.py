@@ -61,11 +61,13 @@ def decide(
     mode: str,
     margin: float,
     gate_note: str = "",
+    candidate_report: dict | None = None,
 ) -> dict:
     """Return {promote, message, candidate_mean_f_avg, compared_examples, production_tag?,
     production_mean_f_avg?, excluded_production_rows?, ...}.
 
-    `candidate_probs`: the candidate's probabilities for `gate_ex`, per target (row i is gate_ex[i]).
+    `candidate_probs`: the candidate's probabilities for `gate_ex`, per target (row i is gate_ex[i]);
+    `candidate_report`: their evaluation on the whole gate when the caller has it already.
     """
     from stancewatch.model import store
     from stancewatch.model.predictor import StanceModel
@@ -73,7 +75,7 @@ def decide(
     if mode not in MODES:
         raise ValueError(f"promotion mode must be one of {', '.join(MODES)}, got {mode!r}")
     gate_ex = list(gate_ex)
-    full = evaluate_predictions(schema, gold_lists(gate_ex, schema), candidate_probs)
+    full = candidate_report or evaluate_predictions(schema, gold_lists(gate_ex, schema), candidate_probs)
     out = {
         "mode": mode,
         "margin_points": margin,
@@ -120,7 +122,8 @@ def decide(
         }
     compared = [gate_ex[i] for i in keep]
     gold = gold_lists(compared, schema)
-    cand_report = evaluate_predictions(schema, gold, _subset(candidate_probs, keep))
+    # Nothing left out: the comparison rows are the whole gate, already evaluated above.
+    cand_report = full if not excluded else evaluate_predictions(schema, gold, _subset(candidate_probs, keep))
     probs, _ = prod.predict_arrays([e.text for e in compared], [e.context or None for e in compared])
     prod_report = evaluate_predictions(schema, gold, dict(zip(schema.target_names, probs)))
     cand, prod_score = cand_report["mean_f_avg"], prod_report["mean_f_avg"]

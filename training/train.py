@@ -507,7 +507,13 @@ def split_data(data: LabelledData, cfg: TrainConfig, dev: LabelledData | None = 
         # Temperature scaling never changes which label is predicted, so F_avg on the calibration
         # split is still free of the candidate's choices; only its calibrated probabilities are not.
         gate_ex = calib_ex
-        why = f"fewer than {MIN_GATE} held-out examples" if len(held) < MIN_GATE else "gate_fraction is 0"
+        why = (
+            f"fewer than {MIN_GATE} held-out examples"
+            if len(held) < MIN_GATE
+            else "gate_fraction is 0"
+            if not cfg.gate_fraction
+            else "the held-out examples could not be divided"
+        )
         gate_note = f"calibration split ({why}; it chose only the temperatures, which change no predicted label)"
     else:
         gate_ex = dev_ex
@@ -611,7 +617,9 @@ def train(
         if save:
             from stancewatch.training.promotion import decide
 
-            decision = decide(schema, gate_ex, gate_probs, promote, margin, gate_note=splits.gate_note)
+            decision = decide(
+                schema, gate_ex, gate_probs, promote, margin, gate_note=splits.gate_note, candidate_report=gate_report
+            )
             report["promotion"] = decision
         write_report(report, staging / "eval", title=f"Held-out evaluation ({calibration_note})")
         metadata = {

@@ -257,6 +257,18 @@ def _has_surrogates(value: str) -> bool:
     return False
 
 
+def _missing_columns(columns: list[str], source: str, opt: ReadOptions) -> Reject | None:
+    """A whole-source reject when a table (CSV, Parquet) lacks the text column or a kept field."""
+    if opt.text_field not in columns:
+        return Reject(source, 0, f"no column {opt.text_field!r} (columns: {', '.join(columns)})")
+    absent = [f for f in opt.keep_fields if f not in columns]
+    if absent:
+        return Reject(
+            source, 0, f"no column {', '.join(map(repr, absent))} for --keep-fields (columns: {', '.join(columns)})"
+        )
+    return None
+
+
 def _read_csv(fh: IO[bytes], source: str, opt: ReadOptions) -> Iterator[Item]:
     text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(text)
@@ -264,14 +276,8 @@ def _read_csv(fh: IO[bytes], source: str, opt: ReadOptions) -> Iterator[Item]:
         header = next(reader)
     except StopIteration:
         return
-    if opt.text_field not in header:
-        yield Reject(source, 0, f"no column {opt.text_field!r} (columns: {', '.join(header)})")
-        return
-    absent = [f for f in opt.keep_fields if f not in header]
-    if absent:
-        yield Reject(
-            source, 0, f"no column {', '.join(map(repr, absent))} for --keep-fields (columns: {', '.join(header)})"
-        )
+    if missing := _missing_columns(header, source, opt):
+        yield missing
         return
     ti = header.index(opt.text_field)
     ii = header.index(opt.id_field) if opt.id_field in header else None
@@ -300,14 +306,8 @@ def _read_parquet(fh, source: str, opt: ReadOptions) -> Iterator[Item]:
 
     pf = pq.ParquetFile(fh)
     names = pf.schema_arrow.names
-    if opt.text_field not in names:
-        yield Reject(source, 0, f"no column {opt.text_field!r} (columns: {', '.join(names)})")
-        return
-    absent = [f for f in opt.keep_fields if f not in names]
-    if absent:
-        yield Reject(
-            source, 0, f"no column {', '.join(map(repr, absent))} for --keep-fields (columns: {', '.join(names)})"
-        )
+    if missing := _missing_columns(names, source, opt):
+        yield missing
         return
     columns = [opt.text_field] + ([opt.id_field] if opt.id_field in names and opt.id_field != opt.text_field else [])
     columns += [f for f in opt.keep_fields if f not in columns]
