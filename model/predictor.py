@@ -221,6 +221,7 @@ class StanceModel:
         self.max_batch = 128
         self.backend = self._make_backend(backend, precision)
         self.pad_step = getattr(self.backend, "length_step", 1)
+        self.rows_scored = self.rows_rescued = 0  # rows through logits(); of them re-run in fp32
         # Languages the model was trained on (recorded by training); None for artefacts made before
         # that was recorded, which are trusted with every language as they always were.
         self.languages: list[str] | None = self.settings.get("languages")
@@ -234,7 +235,10 @@ class StanceModel:
         if backend == "openvino":
             from stancewatch.model.runtime import OpenVINOBackend
 
-            return OpenVINOBackend(self.folder, precision or runtime.get("precision", "int8"), self.threads)
+            precision = precision or runtime.get("precision", "int8")
+            rescue = runtime.get("rescue_margin")  # per target, recorded by training/optimise.py
+            margins = [float(rescue[t.name]) for t in self.schema.targets] if rescue else None
+            return OpenVINOBackend(self.folder, precision, self.threads, rescue_margin=margins)
         return TorchBackend(self.folder, self.head_sizes, self.threads)
 
     @classmethod
@@ -254,14 +258,31 @@ class StanceModel:
 
     # ---- core -----------------------------------------------------------------------------
     def logits(self, encoded: Sequence[Encoded]) -> np.ndarray:
-        """Raw logits (n, sum of head sizes) in input order, in length-sorted batches."""
+        """Raw logits (n, sum of head sizes) in input order, in length-sorted batches.
+
+        On int8 with a near-tie rescue (model/runtime.py), rows nearly tied for some target are run
+        again in fp32 and keep those logits; `self.rows_rescued` counts them.
+        """
+        out = self._run(self.backend, encoded)
+        margins = getattr(self.backend, "rescue_margin", None)
+        if margins is not None and len(out):
+            from stancewatch.model.runtime import near_ties
+
+            rows = near_ties(out, self.head_sizes, margins)
+            if len(rows):
+                out[rows] = self._run(self.backend.fallback, [encoded[i] for i in rows])
+                self.rows_rescued += len(rows)
+        self.rows_scored += len(out)
+        return out
+
+    def _run(self, backend, encoded: Sequence[Encoded]) -> np.ndarray:
         out = np.zeros((len(encoded), sum(self.head_sizes)), dtype=np.float32)
         if not encoded:
             return out
         rows = ROW_STEP if self.pad_step > 1 else 1
         plan = plan_batches([len(e) for e in encoded], self.max_tokens, self.max_batch, self.pad_step, rows)
-        run_many = getattr(self.backend, "run_many", None)
-        streams = getattr(self.backend, "streams", 1)
+        run_many = getattr(backend, "run_many", None)
+        streams = getattr(backend, "streams", 1)
         while run_many and len(plan) < streams and max(len(b) for b in plan) > 1:
             # Fewer batches than parallel streams (small requests): split the largest so every core works,
             # at a multiple of the row step where it is big enough.
@@ -274,7 +295,7 @@ class StanceModel:
         for start in range(0, len(plan), 32):  # bounded number of padded batches held at once
             chunk = plan[start : start + 32]
             batches = [self._collate([encoded[i] for i in idx]) for idx in chunk]
-            results = run_many(batches) if run_many else [self.backend(b) for b in batches]
+            results = run_many(batches) if run_many else [backend(b) for b in batches]
             for idx, res in zip(chunk, results):
                 out[idx] = res
         return out
@@ -290,15 +311,29 @@ class StanceModel:
         return split_softmax(logits, self.head_sizes, self.temperatures if calibrated else None)
 
     def predict_arrays(
-        self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None
+        self,
+        sentences: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        encoded: Sequence[Encoded] | None = None,
     ) -> tuple[list[np.ndarray], list[bool]]:
-        """Per-target probability arrays (n, labels) and truncation flags, in input order."""
+        """Per-target probability arrays (n, labels) and truncation flags, in input order.
+
+        `encoded`: the inputs already encoded by this model's encoder (the service counts tokens of
+        large documents that way and passes them on instead of encoding twice)."""
         if contexts is not None and len(contexts) != len(sentences):
             raise ValueError(f"got {len(contexts)} contexts for {len(sentences)} sentences")
-        encoded = self.encoder.encode(sentences, contexts)
+        if encoded is None:
+            encoded = self.encoder.encode(sentences, contexts)
+        elif len(encoded) != len(sentences):
+            raise ValueError(f"got {len(encoded)} encoded inputs for {len(sentences)} sentences")
         return self.probabilities(self.logits(encoded)), [e.truncated for e in encoded]
 
-    def read(self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None) -> Readings:
+    def read(
+        self,
+        sentences: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        encoded: Sequence[Encoded] | None = None,
+    ) -> Readings:
         """Detect each sentence's language, run the model on the ones it reads, leave the rest NaN."""
         from stancewatch.model.language import detect_languages, supported_flags
 
@@ -308,10 +343,12 @@ class StanceModel:
         supported = supported_flags(languages, self.languages)
         keep = [i for i, ok in enumerate(supported) if ok]
         if len(keep) == len(sentences):
-            probs, truncated = self.predict_arrays(sentences, contexts)
+            probs, truncated = self.predict_arrays(sentences, contexts, encoded)
         else:
             part, part_trunc = self.predict_arrays(
-                [sentences[i] for i in keep], None if contexts is None else [contexts[i] for i in keep]
+                [sentences[i] for i in keep],
+                None if contexts is None else [contexts[i] for i in keep],
+                None if encoded is None else [encoded[i] for i in keep],
             )
             probs = [np.full((len(sentences), size), np.nan, dtype=np.float32) for size in self.head_sizes]
             truncated = [False] * len(sentences)
@@ -321,12 +358,17 @@ class StanceModel:
                 truncated[i] = t
         return Readings(probs, truncated, languages, supported)
 
-    def predict(self, sentences: Sequence[str], contexts: Sequence[str | None] | None = None) -> list[Prediction]:
+    def predict(
+        self,
+        sentences: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+        encoded: Sequence[Encoded] | None = None,
+    ) -> list[Prediction]:
         """Label every sentence for every target; `contexts[i]` is the sentence before sentence i.
 
         A sentence in a language the model was not trained on gets no labels (label and probs None).
         """
-        r = self.read(sentences, contexts)
+        r = self.read(sentences, contexts, encoded)
         results = []
         for i, text in enumerate(sentences):
             stances = {}

@@ -32,9 +32,15 @@ def test_export_records_the_choice_and_agreement(optimised):
     assert runtime["checked_on"] > 0
     int8 = runtime["candidates"]["int8"]
     assert set(int8["agreement"]) == {"taiwan_policy", "external_pressure"}
+    # The rescue's figures are recorded whether int8 passed or not.
+    assert set(int8["rescue_margin"]) == set(int8["agreement"]) == set(int8["agreement_without_rescue"])
+    assert 0 <= int8["rescued_share"] <= 1 and int8["fit_rows"] > 0
     if int8["passed"]:
         assert runtime == {**runtime, "backend": "openvino", "precision": "int8"}
-        assert min(int8["agreement"].values()) >= 0.99
+        assert min(int8["agreement"].values()) >= 0.995
+        assert runtime["rescue_margin"] == pytest.approx(int8["rescue_margin"], abs=1e-5)
+        loaded = StanceModel(optimised.folder)
+        assert list(loaded.backend.rescue_margin) == pytest.approx(list(runtime["rescue_margin"].values()))
     else:
         assert runtime["precision"] in ("bf16", "fp32")
     assert optimised.metadata["runtime"] == runtime
@@ -72,6 +78,71 @@ def test_failed_validation_falls_back(optimised, monkeypatch, tmp_path):
     assert runtime["backend"] == "torch" and runtime["precision"] == "fp32"
     assert not runtime["candidates"]["int8"]["passed"] and not runtime["candidates"]["bf16"]["passed"]
     assert StanceModel(folder).backend.name == "torch"
+
+
+class _FixedBackend:
+    """A backend whose logits are a fixed function of the first token id (for the rescue tests)."""
+
+    length_step = 8
+    streams = 1
+
+    def __init__(self, table: dict[int, list[float]], rescue_margin=None, fallback=None):
+        self.table, self.fallback, self.calls = table, fallback, []
+        self.rescue_margin = None if rescue_margin is None else np.asarray(rescue_margin, dtype=np.float32)
+
+    def __call__(self, batch):
+        self.calls.append(int((batch["attention_mask"].sum(1) > 0).sum()))
+        return np.array([self.table[int(row[1])] for row in batch["input_ids"]], dtype=np.float32)
+
+
+def test_near_ties_are_rerun_on_the_fallback_and_nothing_else(optimised):
+    from stancewatch.model.runtime import near_ties
+
+    # Hand case: head 1 has 3 labels, head 2 has 3; margins 0.1 and 0.2.
+    logits = np.array(
+        [
+            [2.0, 1.95, 0.0, 5.0, 0.0, 0.0],  # head 1 margin 0.05 -> tie
+            [2.0, 1.0, 0.0, 1.0, 0.85, 0.0],  # head 2 margin 0.15 -> tie
+            [2.0, 1.0, 0.0, 1.0, 0.7, 0.0],  # margins 1.0 and 0.3 -> kept
+        ]
+    )
+    assert near_ties(logits, [3, 3], np.array([0.1, 0.2])).tolist() == [0, 1]
+    assert near_ties(logits, [3, 3], np.array([0.0, 0.0])).tolist() == []
+
+    model = StanceModel(optimised.folder, backend="torch")
+    sentences = ["Alpha rose.", "Beta fell.", "Gamma held."]
+    first_ids = [model.encoder.encode([s])[0].input_ids[1] for s in sentences]
+    int8_rows = [[1.0, 0.98, 0.0, 3.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0, 0.0, 4.0], [0.0, 0.0, 2.0, 1.0, 0.99, 0.0]]
+    fp32_rows = [[0.0, 1.0, 0.0, 3.0, 0.0, 0.0], [9.0, 9.0, 9.0, 9.0, 9.0, 9.0], [0.0, 0.0, 2.0, 0.0, 1.0, 0.0]]
+    fallback = _FixedBackend(dict(zip(first_ids, fp32_rows)))
+    model.backend = _FixedBackend(dict(zip(first_ids, int8_rows)), rescue_margin=[0.05, 0.05], fallback=fallback)
+    model.pad_step = 8
+    got = model.logits(model.encoder.encode(sentences))
+    # Rows 0 and 2 were near ties (head 1, head 2): fp32 logits; row 1 kept int8's.
+    np.testing.assert_array_equal(got, np.array([fp32_rows[0], int8_rows[1], fp32_rows[2]], dtype=np.float32))
+    assert fallback.calls == [2] and (model.rows_scored, model.rows_rescued) == (3, 2)
+
+
+def test_rescue_margins_fit_the_flips_and_the_sample_parts_are_disjoint():
+    import random
+
+    from stancewatch.training.data import Example
+    from stancewatch.training.optimise import RESCUE_SAFETY, agreement_sample, fit_rescue_margins
+
+    ref = np.array([[1.0, 0.0, 0.0, 2.0], [0.0, 1.0, 1.0, 0.0], [0.5, 0.4, 0.0, 1.0]])
+    cand = np.array([[0.9, 0.1, 0.0, 2.0], [0.52, 0.5, 1.0, 0.0], [0.39, 0.4, 0.1, 1.0]])
+    margins, flips = fit_rescue_margins(ref, cand, [2, 2])
+    # Head 1: rows 1 and 2 flipped, with int8 margins 0.02 and 0.01; head 2: no flip, so the 99th
+    # percentile of |ref - cand| over its 6 values (0, 0, 0, 0, 0, 0.1 -> 0.095).
+    assert flips == [2, 0]
+    assert margins[0] == pytest.approx(RESCUE_SAFETY * 0.02)
+    assert margins[1] == pytest.approx(np.quantile([0, 0, 0, 0, 0.1, 0], 0.99))
+
+    train_ex = [Example(f"t{i}", "", {}, "x") for i in range(30)]
+    dev_ex = [Example(f"d{i}", "", {}, "x") for i in range(5)]
+    fit, gate = agreement_sample(train_ex, dev_ex, random.Random(0))
+    assert len(fit) == 10 and gate[:5] == dev_ex and len(gate) == 25
+    assert not {e.text for e in fit} & {e.text for e in gate}
 
 
 def test_openvino_process_never_imports_torch(optimised):
