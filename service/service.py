@@ -132,10 +132,15 @@ class StanceService:
         reload_s = 0.0 if cfg.model else cfg.reload_seconds
         self.reloader = ProductionWatcher(self, reload_s) if reload_s > 0 else None
 
-    def _run_batch(self, items: list[tuple[str, Optional[str]]], model) -> list[dict]:
+    def _run_batch(self, items: list[tuple], model) -> list[dict]:
         # `model` is the version the requests in this batch started on (the batcher's key), not
         # self.model: a request split over several batches is scored by one version throughout.
-        return [p.to_dict() for p in model.predict([s for s, _ in items], [c for _, c in items])]
+        # Items are (sentence, context, encoded or None); encoded when the token check made it.
+        encoded = [e for _, _, e in items]
+        predictions = model.predict(
+            [s for s, _, _ in items], [c for _, c, _ in items], encoded if None not in encoded else None
+        )
+        return [p.to_dict() for p in predictions]
 
     def swap_model(self, model) -> None:
         """Serve `model` to requests that arrive from now on; requests already running finish on
@@ -147,21 +152,23 @@ class StanceService:
             self.batcher.run_in_worker(thread_init)
         logger.info("now serving %s (was %s)", model.tag, old.tag)
 
-    async def _over_token_limit(self, model, sentences: list[str], contexts: list, field: str) -> JSONResult | None:
-        """A 413 answer when the request's model input exceeds $STANCEWATCH_MAX_TOKENS, else None.
+    async def _jobs_or_413(self, model, sentences: list[str], contexts: list, field: str) -> list | JSONResult:
+        """The batcher items (sentence, context, encoded) for a request, or a 413 answer when its
+        model input exceeds $STANCEWATCH_MAX_TOKENS.
 
         Every input is at most the model's max_length tokens, so a request with n * max_length
         within the limit is never tokenised here (all /predict requests at the defaults: 256 x 128
-        = 32,768 <= 128,000); only larger documents are, which cost 0.22 s per 2,000 sentences with
-        their contexts on a busy 2-core machine against seconds of inference.
+        = 32,768 <= 128,000); only larger documents are (0.22 s per 2,000 sentences with their
+        contexts on a busy 2-core machine), and their encodings go on to the model, which then
+        does not encode them again.
         """
         limit = self.settings.max_tokens
         if len(sentences) * model.max_length <= limit:
-            return None
+            return [(s, c, None) for s, c in zip(sentences, contexts)]
         encoded = await asyncio.to_thread(model.encoder.encode, sentences, contexts)
         total = sum(len(e) for e in encoded)
         if total <= limit:
-            return None
+            return list(zip(sentences, contexts, encoded))
         return too_large(
             [field],
             "too_many_tokens",
@@ -177,10 +184,10 @@ class StanceService:
         """Classify sentences (each optionally with the sentence before it as context), in input order."""
         model = self.model  # this request is scored by this version from start to end, whatever reloads
         contexts = contexts or [None] * len(sentences)
-        refused = await self._over_token_limit(model, sentences, contexts, "sentences")
-        if refused is not None:
-            return refused
-        results = await self.batcher.submit(list(zip(sentences, contexts)), key=model)
+        jobs = await self._jobs_or_413(model, sentences, contexts, "sentences")
+        if isinstance(jobs, JSONResult):
+            return jobs
+        results = await self.batcher.submit(jobs, key=model)
         # A ready JSON response: BentoML passes a Response through, so the results (already checked
         # by the predictor) are not validated into PredictResponse and dumped again per request.
         return JSONResult({"model": model.tag, "sentences": results})
@@ -206,10 +213,10 @@ class StanceService:
                 "split it or send the sentences in parts",
             )
         texts, contexts = [s.text for s in parts], with_context(parts)
-        refused = await self._over_token_limit(model, texts, contexts, "text")
-        if refused is not None:
-            return refused
-        results = await self.batcher.submit(list(zip(texts, contexts)), key=model)
+        jobs = await self._jobs_or_413(model, texts, contexts, "text")
+        if isinstance(jobs, JSONResult):
+            return jobs
+        results = await self.batcher.submit(jobs, key=model)
         sentences = [{"index": s.index, "start": s.start, "end": s.end, **r} for s, r in zip(parts, results)]
         return JSONResult(
             {"model": model.tag, "id": id, "sentences": sentences, "summary": self.summarise(results, model)}

@@ -500,8 +500,8 @@ def _swap_after_first_batch(svc, old, new):
     """Make `old` swap the service to `new` right after the first batch it scores (so mid-request)."""
     original, calls = old.predict, []
 
-    def predict_then_swap(sentences, contexts=None):
-        out = original(sentences, contexts)
+    def predict_then_swap(sentences, contexts=None, encoded=None):
+        out = original(sentences, contexts, encoded)
         calls.append(len(sentences))
         if len(calls) == 1:
             svc.swap_model(new)
@@ -601,6 +601,19 @@ def test_a_request_over_the_token_limit_is_413_before_any_inference(svc, limits)
     doc = asyncio.run(svc.predict_document(text=". ".join([long] * 3) + "."))
     assert doc.status_code == 413 and doc.model_dump()["detail"][0]["loc"] == ["text"]
     assert asyncio.run(svc.predict(sentences=[long] * 2)).status_code == 200  # under the limit
+
+
+def test_a_large_request_is_tokenised_once_and_answered_as_usual(svc, limits, monkeypatch):
+    # Over n * max_length the token check encodes the inputs; the model must reuse those encodings.
+    sentences = ["Tokyo stands firm.", "Beijing objects.", "Markets rose."]
+    expected = asyncio.run(svc.predict(sentences=sentences)).model_dump()["sentences"]
+    limits(max_tokens=2 * svc.model.max_length)  # 3 sentences * max_length is over: the check encodes
+    calls = []
+    real = svc.model.encoder.encode
+    monkeypatch.setattr(svc.model.encoder, "encode", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    out = asyncio.run(svc.predict(sentences=sentences))
+    assert getattr(out, "status_code", 200) == 200 and calls == [3]
+    assert out.model_dump()["sentences"] == expected
 
 
 def _gated_batcher(max_items=2, **kw):
