@@ -169,6 +169,10 @@ def test_ray_engine_writes_the_local_engines_files(tmp_path, tiny_model, local_r
     )
     assert (got.documents, got.sentences, got.rejected) == (want.documents, want.sentences, want.rejected)
     assert want.rejected >= 3
+    # The time breakdown covers every slice and both actors.
+    t = got.timings
+    assert t["actors"] == 2 and len(t["model_load_s"]) == 2 and t["slices"] >= -(-want.sentences // 3)
+    assert 0 < t["actor_busy_s"] and 0 < t["actor_utilisation"] <= 1
     _assert_same_files(tmp_path / "ray.parquet", tmp_path / "local.parquet")
     # The same writer: the assembled file's row groups, statistics and metadata are the local engine's.
     g, w = pq.ParquetFile(tmp_path / "ray.parquet").metadata, pq.ParquetFile(tmp_path / "local.parquet").metadata
@@ -179,6 +183,51 @@ def test_ray_engine_writes_the_local_engines_files(tmp_path, tiny_model, local_r
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".") or p.name.endswith(".parts")]
     # ray.kill runs no exit handler in an actor: each actor removes its model copy once loaded.
     assert set(Path(tempfile.gettempdir()).glob("stancewatch-model-*")) <= copies
+
+
+def test_ray_engine_carries_kept_fields_and_rejects_like_the_local_engine(tmp_path, tiny_model, local_ray):
+    # --keep-fields through the Ray engine: the same columns, values and rejects as the local engine.
+    src = tmp_path / "kept.jsonl"
+    records = [
+        {
+            "id": f"k{i}",
+            "text": " ".join(SENTENCES[i % 6 : i % 6 + 2]),
+            "date": f"2026-11-{10 + i:02d}",
+            "outlet": f"o{i % 3}",
+        }
+        for i in range(9)
+    ]
+    records[3]["date"] = "last Tuesday"  # not ISO 8601: a reject naming the field
+    del records[5]["outlet"]  # missing: a reject naming the field
+    src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    model = StanceModel.load(tiny_model.tag)
+    kw = dict(chunk_size=4, keep_fields=("date", "outlet"))
+    want = score([src], tmp_path / "local.parquet", model, doc_summary=tmp_path / "docs-local.parquet", **kw)
+    got = score_ray(
+        [src],
+        tmp_path / "ray.parquet",
+        model.folder,
+        tag=model.tag,
+        num_actors=2,
+        threads=1,
+        batch_size=3,
+        doc_summary=tmp_path / "docs-ray.parquet",
+        **kw,
+    )
+    assert (
+        (got.documents, got.sentences, got.rejected)
+        == (want.documents, want.sentences, want.rejected)
+        == (
+            7,
+            want.sentences,
+            2,
+        )
+    )
+    _assert_same_files(tmp_path / "ray.parquet", tmp_path / "local.parquet")
+    rows = _rows(tmp_path / "ray.parquet")
+    assert {r["outlet"] for r in rows} == {"o0", "o1", "o2"} and "2026-11-10" in {r["date"] for r in rows}
+    rejects = (tmp_path / "ray.parquet.rejects.jsonl").read_text()
+    assert "date" in rejects and "outlet" in rejects
 
 
 def test_ray_run_resumes_after_a_crash(tmp_path, tiny_model, local_ray, monkeypatch):
@@ -221,8 +270,8 @@ class ShortScorer:
         return self.inner.ready()
 
     def score(self, chunk, schema):
-        table, ids = self.inner.score(chunk, schema)
-        return table.slice(0, max(table.num_rows - 1, 0)), [i[:-1] for i in ids]
+        table, ids, busy = self.inner.score(chunk, schema)
+        return table.slice(0, max(table.num_rows - 1, 0)), [i[:-1] for i in ids], busy
 
 
 def test_a_short_result_stops_the_run_and_writes_nothing(tmp_path, tiny_model, local_ray, monkeypatch):

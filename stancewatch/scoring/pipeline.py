@@ -68,6 +68,7 @@ class ScoreResult:
     documents_this_run: int
     sentences_this_run: int
     elapsed_s: float
+    timings: dict | None = None  # where the time went, for engines that measure it (the Ray engine)
 
 
 def prepare(items: list[Record | Reject], unit: str) -> Chunk:

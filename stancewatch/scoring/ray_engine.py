@@ -150,8 +150,12 @@ class Scorer:
 
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "load_s": self.load_s}
 
-    def score(self, chunk: Chunk, schema: pa.Schema) -> tuple[pa.Table, list[np.ndarray]]:
-        return predict_table(self.model, chunk, schema)
+    def score(self, chunk: Chunk, schema: pa.Schema) -> tuple[pa.Table, list[np.ndarray], float]:
+        """The slice's rows and label ids, and the seconds this actor spent on them (the driver
+        compares that with the round trip to see what Ray itself costs per slice)."""
+        started = time.perf_counter()
+        table, label_ids = predict_table(self.model, chunk, schema)
+        return table, label_ids, time.perf_counter() - started
 
 
 def slice_chunk(chunk: Chunk, a: int, b: int) -> Chunk:
@@ -373,6 +377,11 @@ class ActorPool:
                 files, tag, backend, threads
             )
         self.started = len(self.actors)
+        self.created = time.perf_counter()
+        # Where the time goes (ScoreResult.timings): actors' start-up, their compute, the driver
+        # waiting for actors' results, and the driver waiting on its own reading and sentence splitting.
+        self.timings = {"actors_ready_s": 0.0, "actor_busy_s": 0.0, "driver_result_wait_s": 0.0, "slices": 0}
+        self.timings["driver_input_wait_s"] = 0.0
         self.load: dict[int, int] = {i: 0 for i in self.actors}
         self.info: dict[int, dict] = {}
         self._ready = {a.ready.remote(): i for i, a in self.actors.items()}
@@ -387,6 +396,8 @@ class ActorPool:
                     f"scoring actor {i + 1} of {self.started} could not start: {_first_line(exc)}"
                 ) from None
         self._ready = {}
+        self.timings["actors_ready_s"] = time.perf_counter() - self.created
+        self.timings["model_load_s"] = [round(info["load_s"], 2) for info in self.info.values()]
 
     def close(self) -> None:
         for a in self.actors.values():
@@ -420,7 +431,9 @@ class ActorPool:
         exhausted = False
         while True:
             while not exhausted and len(rounds) < OPEN_CHUNKS and len(todo) < INFLIGHT * max(1, len(self.actors)):
+                waited = time.perf_counter()
                 chunk = next(source, None)
+                self.timings["driver_input_wait_s"] += time.perf_counter() - waited
                 if chunk is None:
                     exhausted = True
                     break
@@ -446,13 +459,15 @@ class ActorPool:
                         f"all {self.started} Ray scoring actors were lost; no actor is left to score on"
                     )
                 continue
+            waited = time.perf_counter()
             done, _ = ray.wait(list(flying), num_returns=1)
+            self.timings["driver_result_wait_s"] += time.perf_counter() - waited
             for ref in done:
                 i, r, k, part, attempts = flying.pop(ref)
                 if i in self.load:
                     self.load[i] -= 1
                 try:
-                    table, label_ids = ray.get(ref)
+                    table, label_ids, busy = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as exc:
                     if isinstance(exc, ray.exceptions.RayActorError):
                         self._lose(i, exc)
@@ -476,6 +491,8 @@ class ActorPool:
                     )
                 r.results[k] = (table, label_ids)
                 r.missing -= 1
+                self.timings["actor_busy_s"] += busy
+                self.timings["slices"] += 1
 
 
 def _finish(r: _Round, schema: pa.Schema, n_targets: int) -> tuple[Chunk, pa.Table, list[np.ndarray]]:
@@ -582,7 +599,13 @@ def score_ray(
             )
         except RayEngineError as exc:
             raise RayEngineError(f"{exc}. {_committed(out)}") from None
-        return dataclasses.replace(result, elapsed_s=time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        timings = {k: round(v, 3) if isinstance(v, float) else v for k, v in pool.timings.items()}
+        timings["actors"] = pool.started
+        # Share of the actors' CPU time (actors x the scoring part of the run) spent scoring.
+        scoring = max(1e-9, elapsed - pool.timings["actors_ready_s"])
+        timings["actor_utilisation"] = round(pool.timings["actor_busy_s"] / (pool.started * scoring), 3)
+        return dataclasses.replace(result, elapsed_s=elapsed, timings=timings)
     finally:
         if pool is not None:
             pool.close()
