@@ -659,6 +659,17 @@ def score(
             refresh=False,
         )
 
+    job = dict(
+        unit=unit,
+        text_field=text_field,
+        id_field=id_field,
+        resume=resume,
+        chunk_size=chunk_size,
+        doc_summary=doc_summary,
+        max_member_bytes=int(max_member_mb * 1024 * 1024),
+        keep_fields=keep,
+        date_fields=tuple(f.strip() for f in date_fields.split(",") if f.strip()),
+    )
     try:
         if engine == "ray":
             from stancewatch.scoring.ray_engine import RayEngineError, score_ray
@@ -668,42 +679,19 @@ def score(
                     list(inputs),
                     out,
                     m.folder,
-                    unit=unit,
-                    text_field=text_field,
-                    id_field=id_field,
-                    doc_summary=doc_summary,
-                    max_member_bytes=int(max_member_mb * 1024 * 1024),
                     tag=m.tag,
                     backend=backend,
                     ray_address=ray_address,
                     num_actors=ray_actors,
-                    resume=resume,
-                    chunk_size=chunk_size,
-                    keep_fields=keep,
-                    date_fields=tuple(f.strip() for f in date_fields.split(",") if f.strip()),
                     on_start=on_start,
                     on_chunk=on_chunk,
+                    **job,
                 )
             except RayEngineError as exc:
                 bar.close()
                 _fail(str(exc), 1)
         else:
-            result = run_score(
-                list(inputs),
-                out,
-                m,
-                unit=unit,
-                text_field=text_field,
-                id_field=id_field,
-                resume=resume,
-                chunk_size=chunk_size,
-                doc_summary=doc_summary,
-                max_member_bytes=int(max_member_mb * 1024 * 1024),
-                keep_fields=keep,
-                date_fields=tuple(f.strip() for f in date_fields.split(",") if f.strip()),
-                on_start=on_start,
-                on_chunk=on_chunk,
-            )
+            result = run_score(list(inputs), out, m, on_start=on_start, on_chunk=on_chunk, **job)
     except (InputError, OutputError, ValueError) as exc:
         bar.close()
         _fail(str(exc), 2)

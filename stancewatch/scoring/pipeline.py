@@ -241,51 +241,42 @@ def check_job(inputs, out, unit: str, doc_summary: Path | None) -> tuple[list[Pa
 ChunkScorer = Callable[[Iterator[Chunk], pa.Schema], Iterator[tuple[Chunk, pa.Table, list[np.ndarray]]]]
 
 
+@dataclass(frozen=True)
+class JobOptions:
+    """What a scoring job reads and writes, shared by both engines (`score`, `ray_engine.score_ray`).
+
+    `keep_fields` are input fields copied to every sentence and document row (a record missing one, or
+    with a malformed value, is a reject); those also in `date_fields` must be ISO 8601 dates."""
+
+    unit: str = "document"
+    text_field: str = "text"
+    id_field: str = "id"
+    resume: bool = False
+    chunk_size: int | None = None
+    doc_summary: Path | None = None
+    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES
+    keep_fields: tuple[str, ...] = ()
+    date_fields: tuple[str, ...] = ("date",)
+
+
 def score(
     inputs: list[Path],
     out: Path,
     model,
     *,
-    unit: str = "document",
-    text_field: str = "text",
-    id_field: str = "id",
-    resume: bool = False,
-    chunk_size: int | None = None,
-    doc_summary: Path | None = None,
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-    keep_fields: tuple[str, ...] = (),
-    date_fields: tuple[str, ...] = ("date",),
     on_start: Callable[[int], None] | None = None,
     on_chunk: Callable[[ChunkDone], None] | None = None,
+    **options,
 ) -> ScoreResult:
     """Score every record of `inputs` with `model` into `out`; with `resume`, finish an interrupted run.
-
-    `keep_fields` are input fields copied to every sentence and document row (a record missing one, or
-    with a malformed value, is a reject); those also in `date_fields` must be ISO 8601 dates."""
+    `options` are `JobOptions` fields."""
 
     def local(chunks: Iterator[Chunk], schema: pa.Schema):
         for chunk in chunks:
             table, label_ids = predict_table(model, chunk, schema)
             yield chunk, table, label_ids
 
-    return run_job(
-        inputs,
-        out,
-        model.tag,
-        model.schema,
-        local,
-        unit=unit,
-        text_field=text_field,
-        id_field=id_field,
-        resume=resume,
-        chunk_size=chunk_size,
-        doc_summary=doc_summary,
-        max_member_bytes=max_member_bytes,
-        keep_fields=keep_fields,
-        date_fields=date_fields,
-        on_start=on_start,
-        on_chunk=on_chunk,
-    )
+    return run_job(inputs, out, model.tag, model.schema, local, JobOptions(**options), on_start, on_chunk)
 
 
 def run_job(
@@ -294,24 +285,17 @@ def run_job(
     tag: str,
     model_schema,
     scorer: ChunkScorer,
-    *,
-    unit: str = "document",
-    text_field: str = "text",
-    id_field: str = "id",
-    resume: bool = False,
-    chunk_size: int | None = None,
-    doc_summary: Path | None = None,
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-    keep_fields: tuple[str, ...] = (),
-    date_fields: tuple[str, ...] = ("date",),
+    opts: JobOptions = JobOptions(),
     on_start: Callable[[int], None] | None = None,
     on_chunk: Callable[[ChunkDone], None] | None = None,
 ) -> ScoreResult:
     """The job around an engine's `scorer`: chunks cut from the inputs, each committed to the part
     store (fsync, rejects, document summary) as it comes back, then assembled. Shared by both engines,
     so a job either of them left unfinished resumes with the same settings."""
+    unit, text_field, id_field, doc_summary = opts.unit, opts.text_field, opts.id_field, opts.doc_summary
+    max_member_bytes, keep_fields, date_fields = opts.max_member_bytes, opts.keep_fields, opts.date_fields
     inputs, out = check_job(inputs, out, unit, doc_summary)
-    chunk_size = int(chunk_size or DEFAULT_CHUNK[unit])
+    chunk_size = int(opts.chunk_size or DEFAULT_CHUNK[unit])
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     job = {
@@ -331,7 +315,7 @@ def run_job(
     dschema = doc_schema(targets, keep_fields)
     if keep_fields:  # only then, so that unfinished runs of earlier versions still resume
         job.update(keep_fields=list(keep_fields), date_fields=list(date_fields))
-    store = PartStore(out, job, resume)
+    store = PartStore(out, job, opts.resume)
     skip = store.items_done
     if on_start:
         on_start(skip)

@@ -39,8 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from stancewatch import settings
-from stancewatch.scoring.pipeline import Chunk, ChunkDone, ScoreResult, check_job, predict_table, run_job
-from stancewatch.scoring.readers import DEFAULT_MAX_MEMBER_BYTES
+from stancewatch.scoring.pipeline import Chunk, ChunkDone, JobOptions, ScoreResult, check_job, predict_table, run_job
 
 PREDICT_BATCH = 512  # sentences per actor call: ~1 s of MiniLM int8 on one core, so Ray's ~1 ms per call is noise
 INFLIGHT = 2  # slices queued per actor: the next one is waiting while the current one runs
@@ -528,15 +527,6 @@ def score_ray(
     out: Path,
     model_folder: str | Path,
     *,
-    unit: str = "document",
-    text_field: str = "text",
-    id_field: str = "id",
-    resume: bool = False,
-    chunk_size: int | None = None,
-    doc_summary: Path | None = None,
-    max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES,
-    keep_fields: tuple[str, ...] = (),
-    date_fields: tuple[str, ...] = ("date",),
     tag: str | None = None,
     backend: str = "auto",
     ray_address: str | None = None,
@@ -546,14 +536,17 @@ def score_ray(
     on_start: Callable[[int], None] | None = None,
     on_chunk: Callable[[ChunkDone], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    **options,
 ) -> ScoreResult:
     """Score `inputs` with the model exported in `model_folder` on Ray; the same job, files and `resume`
     as `pipeline.score`, with the model call on Ray actors.
 
     Uses the running Ray if this process is connected, else connects to `ray_address` or starts a
     private local Ray (and shuts down what it started or connected). `num_actors` and `threads`: see
-    `plan_actors`. `elapsed_s` includes the actors' start-up and model load."""
-    inputs, out = check_job(inputs, out, unit, doc_summary)  # bad arguments fail before Ray is touched
+    `plan_actors`. `options` are `JobOptions` fields. `elapsed_s` includes the actors' start-up and
+    model load."""
+    opts = JobOptions(**options)
+    inputs, out = check_job(inputs, out, opts.unit, opts.doc_summary)  # bad arguments fail before Ray is touched
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if num_actors is not None and num_actors < 1:
@@ -579,24 +572,7 @@ def score_ray(
             on_warning or _stderr,
         )
         try:
-            result = run_job(
-                inputs,
-                out,
-                tag,
-                model_schema,
-                pool.score_chunks,
-                unit=unit,
-                text_field=text_field,
-                id_field=id_field,
-                resume=resume,
-                chunk_size=chunk_size,
-                doc_summary=doc_summary,
-                max_member_bytes=max_member_bytes,
-                keep_fields=keep_fields,
-                date_fields=date_fields,
-                on_start=on_start,
-                on_chunk=on_chunk,
-            )
+            result = run_job(inputs, out, tag, model_schema, pool.score_chunks, opts, on_start, on_chunk)
         except RayEngineError as exc:
             raise RayEngineError(f"{exc}. {_committed(out)}") from None
         elapsed = time.perf_counter() - started
