@@ -96,6 +96,10 @@ def get_ui():
     resources={"cpu": str(THREADS * WORKERS)},
     traffic={"timeout": 600},
     logging={"access": {"enabled": _BOOT.access_log}},
+    # BentoML always wraps the app in OpenTelemetry's ASGI middleware, which opens five spans per
+    # request even with no exporter to send them to. Excluding every URL (the default,
+    # STANCEWATCH_TRACING=0) makes it call the app directly.
+    tracing={} if _BOOT.tracing else {"excluded_urls": [".*"]},
 )
 class StanceService:
     """Sentence-level stance classification: every sentence gets a label and probabilities per target."""

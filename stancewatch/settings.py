@@ -4,7 +4,7 @@ A variable is declared once below (name, kind, default, allowed values, what it 
 reads them all into one frozen `Settings` object and `get(NAME)` reads one. A bad value fails with
 a `SettingError` that names the variable, the value and what is allowed, instead of a bare
 ValueError from `int()` somewhere at import. Values are read when asked for: only what BentoML's
-service decorator needs (workers, CPU count, access log, the served tag, the per-request sentence
+service decorator needs (workers, CPU count, access log, tracing, the served tag, the per-request sentence
 limit in the OpenAPI schema) is read when service/service.py is imported.
 
 `python -m stancewatch.settings` prints the table the README carries (a test keeps them equal).
@@ -183,6 +183,14 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("ACCESS_LOG", "bool", True, "One log line per request (BentoML's access log).", used_by="service"),
     Variable(
+        "TRACING",
+        "bool",
+        False,
+        "OpenTelemetry spans per request (BentoML's tracing middleware); turn on when BentoML's config "
+        "names a tracing exporter. Off, the middleware passes requests straight through.",
+        used_by="service",
+    ),
+    Variable(
         "API_KEY", "str", None, "When set, prediction endpoints need `Authorization: Bearer <key>`.", used_by="service"
     ),
     # Training and benchmarks
@@ -235,6 +243,7 @@ class Settings:
     reload_seconds: float
     shutdown_grace_s: int
     access_log: bool
+    tracing: bool
     api_key: str | None
     datasets_cache: str | None
     shared_data: str | None

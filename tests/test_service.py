@@ -149,6 +149,22 @@ def test_access_log_is_on_by_default_and_can_be_turned_off(svc_module, tiny_mode
     assert done.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_tracing_middleware_skips_requests_unless_tracing_is_on(svc_module, tiny_model):
+    import subprocess
+    import sys
+
+    from opentelemetry.util.http import ExcludeList
+
+    excluded = svc_module.StanceService.config["tracing"]["excluded_urls"]
+    # BentoML hands this list to OpenTelemetry's ASGI middleware, which then skips every request URL.
+    assert all(ExcludeList(excluded).url_disabled(f"http://127.0.0.1:3000{p}") for p in ("/predict", "/ui"))
+    env = {**os.environ, "STANCEWATCH_MODEL": tiny_model.tag, "STANCEWATCH_TRACING": "1"}
+    code = "import stancewatch.service.service as s; print(s.StanceService.config.get('tracing'))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] in ("{}", "None")
+
+
 def test_import_fails_clearly_without_a_model(tiny_model):
     import subprocess
     import sys
