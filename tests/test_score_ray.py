@@ -9,6 +9,7 @@ the README says, stop the worker node during a run, and stop both nodes by the P
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -382,8 +383,8 @@ class Cluster:
     """`ray start --head` and `ray start --address` on 127.0.0.1, one CPU each, each in its own process
     group (`--block`), so that stopping a node is one killpg of the PID we started."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, token: str | None = None):
+        self.root, self.token = root, token
         self.home = root / "home"
         self.home.mkdir()
         self.procs: dict[str, subprocess.Popen] = {}
@@ -396,9 +397,14 @@ class Cluster:
             "RAY_health_check_timeout_ms": "500",
         }
 
-    def env(self, node: str) -> dict[str, str]:
+    def env(self, node: str, token: str | None = None) -> dict[str, str]:
+        """`node`'s environment; with token authentication, every node and the driver get `token`
+        (the cluster's own by default) in RAY_AUTH_TOKEN, as the README tells a cluster's users."""
         (self.root / node).mkdir(exist_ok=True)
-        return {**_ray_env(self.home, self.root / node), **self.health}
+        env = {**_ray_env(self.home, self.root / node), **self.health}
+        if self.token:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token or self.token)
+        return env
 
     def _node_ports(self) -> list[str]:
         a, b, c, d = _free_ports(4)
@@ -456,10 +462,10 @@ class Cluster:
         p.wait(30)
 
 
-@pytest.fixture
-def cluster(tiny_model):
+@contextlib.contextmanager
+def _cluster(token: str | None = None):
     root = Path(tempfile.mkdtemp(prefix="swrc-", dir="/tmp"))
-    c = Cluster(root)
+    c = Cluster(root, token)
     try:
         c.start(
             "head",
@@ -472,6 +478,37 @@ def cluster(tiny_model):
         for node in list(c.procs):
             c.stop(node)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(tiny_model):
+    with _cluster() as c:
+        yield c
+
+
+def test_token_authenticated_cluster_needs_the_token(tmp_path, tiny_model):
+    # Token authentication, set up as the README says: the same token on every node and the driver.
+    import secrets
+
+    src = _archive(tmp_path)
+    model = StanceModel.load(tiny_model.tag)
+    score([src], tmp_path / "local.parquet", model, doc_summary=tmp_path / "docs-local.parquet")
+    args = [str(src), "--model", tiny_model.tag, "--engine", "ray", "--ray-actors", "2"]
+    with _cluster(token=secrets.token_hex(32)) as c:
+        out = tmp_path / "ray.parquet"
+        r = _cli(
+            [*args, "--out", str(out), "--doc-summary", str(tmp_path / "docs-ray.parquet"), "--ray-address", c.address],
+            c.env("driver"),
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        _assert_same_files(out, tmp_path / "local.parquet")
+        # A driver holding another token is refused, with Ray's message naming the token, and writes nothing.
+        bad = tmp_path / "bad.parquet"
+        r = _cli([*args, "--out", str(bad), "--ray-address", c.address], c.env("driver", token=secrets.token_hex(32)))
+        assert r.returncode != 0
+        last = (r.stdout + r.stderr).strip().splitlines()[-1]
+        assert last.startswith("error: cannot start or reach Ray") and "RAY_AUTH_TOKEN" in last, last
+        assert not bad.exists() and not bad.with_name(bad.name + ".parts").exists()
 
 
 def test_two_node_cluster_auto_and_client_equal_the_local_engine(tmp_path, tiny_model, cluster):

@@ -262,6 +262,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> tuple[b
                 " (the cluster uses token authentication: give this machine the cluster's token in "
                 "~/.ray/auth_token or RAY_AUTH_TOKEN, and set RAY_AUTH_MODE=token)"
             )
+        elif address and "failed to connect" in str(exc).lower():
+            # Measured with a wrong token: Ray logs InvalidAuthToken to stderr, but the exception says
+            # only "Failed to connect to Ray cluster at ..."; the port answered (_probe), so say why.
+            hint = (
+                " (the address answers, so Ray refused this process: if the cluster uses token "
+                "authentication, this machine needs the cluster's own token in ~/.ray/auth_token or "
+                "RAY_AUTH_TOKEN with RAY_AUTH_MODE=token; see Ray's InvalidAuthToken lines above)"
+            )
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RayEngineError(f"cannot start or reach Ray{f' at {address}' if address else ''}: {first}{hint}") from None
     return True, changed
