@@ -591,3 +591,26 @@ def test_worker_node_lost_mid_run(tmp_path, tiny_model, cluster):
     assert "Ray scoring actor" in text and "was lost" in text and "retried on the 1 actor left" in text, text
     score([src], tmp_path / "local.parquet", StanceModel.load(tiny_model.tag))
     _assert_same(out, tmp_path / "local.parquet")
+
+
+def test_actors_get_the_fp32_ir_too_when_int8_has_a_rescue(tmp_path):
+    from stancewatch.scoring.ray_engine import needed_files
+
+    files = ["model.safetensors", "tokenizer.json", "openvino/model.xml", "openvino/model.bin"]
+    files += ["openvino/model_int8.xml", "openvino/model_int8.bin", "eval/report.json", "data/train.jsonl"]
+    shipped = {}
+    for name, runtime in {
+        "int8": {"backend": "openvino", "precision": "int8"},
+        "int8+rescue": {"backend": "openvino", "precision": "int8", "rescue_margin": {"t": 0.05}},
+        "bf16": {"backend": "openvino", "precision": "bf16"},
+    }.items():
+        (tmp_path / "stancewatch.json").write_text(json.dumps({"runtime": runtime}))
+        keep = needed_files(tmp_path)
+        shipped[name] = {f for f in files if keep(f)}
+    ov = {f for f in files if f.startswith("openvino/")}
+    assert shipped["int8"] & ov == {"openvino/model_int8.xml", "openvino/model_int8.bin"}
+    assert shipped["int8+rescue"] & ov == ov
+    assert shipped["bf16"] & ov == {"openvino/model.xml", "openvino/model.bin"}
+    assert all(
+        "tokenizer.json" in s and "model.safetensors" not in s and "eval/report.json" not in s for s in shipped.values()
+    )

@@ -67,14 +67,22 @@ def needed_files(folder: Path, backend: str = "auto") -> Callable[[str], bool]:
     except (OSError, ValueError):
         runtime = {}
     chosen = runtime.get("backend", "torch") if backend == "auto" else backend
-    ov_stem = "model_int8." if runtime.get("precision", "int8") == "int8" else "model."
+    int8 = runtime.get("precision", "int8") == "int8"
+    # int8 with the near-tie rescue (model/runtime.py) also runs the fp32 IR.
+    ov_stems = (
+        ("model_int8.", "model.")
+        if int8 and runtime.get("rescue_margin")
+        else ("model_int8.",)
+        if int8
+        else ("model.",)
+    )
 
     def keep(rel: str) -> bool:
         if rel.startswith(("eval/", "data/")):
             return False  # the evaluation report and the training examples
         if chosen == "openvino":
             return rel != "model.safetensors" and (
-                not rel.startswith("openvino/model") or rel.startswith("openvino/" + ov_stem)
+                not rel.startswith("openvino/model") or rel.startswith(tuple("openvino/" + s for s in ov_stems))
             )
         if chosen == "torch":
             return not rel.startswith("openvino/")
