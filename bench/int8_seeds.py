@@ -6,7 +6,10 @@ training/optimise.py decided: the precision chosen, int8's agreement with fp32 t
 sample with and without the near-tie rescue, the share of rows the rescue re-ran in fp32, the
 fitted margins and bf16's agreement when it was tried. The last line is the pass count.
 
-    python bench/int8_seeds.py [--quick] [--seeds 1,2,3,...] [--threads 2]
+    python bench/int8_seeds.py [--quick] [--seeds 1,2,3,...] [--threads 2] [--save-last]
+
+--save-last saves the last seed's version to the model store ($BENTOML_HOME; promoted when the store
+has no production yet), for the inference benchmarks to run on.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help=f"the first-start recipe ({FIRST_START})")
     ap.add_argument("--seeds", default="1,2,3,4,5,6,7,8,9,10")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save-last", action="store_true", help="save the last seed's version to the model store")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = dict(FIRST_START) if args.quick else {}
@@ -50,10 +54,14 @@ def main() -> None:
     for seed in seeds:
         cfg = TrainConfig(seed=seed, threads=args.threads, **overrides)
         started = time.perf_counter()
-        result = train(load_labelled(DEFAULT_CORPUS), cfg, save=False, progress=False)
+        save = args.save_last and seed == seeds[-1]
+        result = train(load_labelled(DEFAULT_CORPUS), cfg, save=save, progress=False)
         took = time.perf_counter() - started
         runtime = result.metadata["runtime"]
-        shutil.rmtree(result.folder, ignore_errors=True)
+        if save:
+            print(f"saved as {result.tag}")
+        else:
+            shutil.rmtree(result.folder, ignore_errors=True)
         int8 = runtime["candidates"]["int8"]
         bf16 = runtime["candidates"].get("bf16", {})
         passed += runtime["precision"] == "int8"
