@@ -122,6 +122,8 @@ def run_score(
         "process_s": wall,
         "sentences_per_s": sents / secs,
         "peak_rss_mib": usage.ru_maxrss / 1024,
+        # The Ray engine's time breakdown line (actors' start-up, utilisation, driver waits), if any.
+        "breakdown": next((line for line in output.splitlines() if line.startswith("ray: ")), None),
     }  # ru_maxrss is KiB on Linux
 
 
@@ -337,6 +339,8 @@ def main() -> None:
             f"{ra['score_s']:.1f} | {ra['sentences_per_s']:.0f} | {ra['process_s']:.1f} | "
             f"{ra['sentences_per_s'] / lo_['sentences_per_s']:.2f} (process: {lo_['process_s'] / ra['process_s']:.2f}) |"
         )
+        if ra.get("breakdown"):
+            print(ra["breakdown"])
     (work / "results.json").write_text(json.dumps(results, indent=1))
 
 
