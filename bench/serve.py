@@ -8,6 +8,8 @@ On 127.0.0.1, one after the other, it serves the same model with
              for what Python HTTP itself costs on this machine;
   batchable  BentoML with `@bentoml.api(batchable=True)` instead of our batcher (`BatchableService`
              below; /predict only: it cannot split or summarise a document);
+  ours_traced (only when named in --servers) ours with STANCEWATCH_TRACING=1: BentoML's
+             OpenTelemetry middleware opening its spans, as before tracing was off by default;
 and measures on each: single-sentence requests one at a time (p50/p95/p99), then N concurrent
 clients for a bounded time with 1 and with 8 sentences per request, and (ours and bare) documents
 of ~16 sentences: requests/s, sentences/s, p95, errors, server CPU per request. In-process
@@ -73,8 +75,10 @@ def start_server(kind: str, tag: str, port: int, threads: int) -> subprocess.Pop
         "STANCEWATCH_RELOAD_SECONDS": "0",
     }
     env.setdefault("STANCEWATCH_WORKERS", "1")
+    if kind == "ours_traced":  # the service as it was before tracing was off by default
+        env["STANCEWATCH_TRACING"] = "1"
     where = ["--host", "127.0.0.1", "--port", str(port)]
-    if kind == "ours":
+    if kind in ("ours", "ours_traced"):
         cmd = [sys.executable, "-m", "bentoml", "serve", "stancewatch.service.service:StanceService", *where]
     elif kind == "batchable":
         cmd = [
@@ -350,7 +354,11 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=200, help="sequential single-sentence requests")
     ap.add_argument("--sentences", type=int, default=256, help="distinct ~30-token sentences used")
     ap.add_argument("--threads", type=int, default=default_threads(), help="inference threads, servers and in-process")
-    ap.add_argument("--servers", default="ours,bare,batchable", help="which servers to run, in order")
+    ap.add_argument(
+        "--servers",
+        default="ours,bare,batchable",
+        help="which servers to run, in order (also: ours_traced, ours with STANCEWATCH_TRACING=1)",
+    )
     ap.add_argument("--backend", default="auto", help="auto | torch | openvino, servers and in-process")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
@@ -424,6 +432,11 @@ def main() -> None:
         ratios["documents: ours / in-process (goal >= 0.85)"] = (
             ours["documents"]["sent_per_s"] / local["doc_sent_per_s"]
         )
+        if "ours_traced" in results:
+            for name in ("1 per request", "8 per request"):
+                ratios[f"{name}: ours / ours with tracing on"] = (
+                    ours[name]["sent_per_s"] / results["ours_traced"][name]["sent_per_s"]
+                )
         if "batchable" in results:
             for name in ("1 per request", "8 per request"):
                 ratios[f"{name}: ours / batchable=True"] = (
