@@ -154,10 +154,11 @@ def optimise(folder: Path, network, train_ex: Sequence[Example], dev_ex: Sequenc
     # and other training inputs, so the agreement it reports is not the one the margins were fitted to.
     fit_ex, sample = agreement_sample(train_ex, dev_ex, rng)
     n_dev = len(dev_ex)
+    plain_int8 = StanceModel(folder, backend="openvino", precision="int8")
+    # Without a rescue, whatever an earlier runtime record of this folder says.
+    plain_int8.backend = OpenVINOBackend(folder, "int8", plain_int8.threads)
     margins, fit_flips = fit_rescue_margins(
-        _logits(reference, fit_ex),
-        _logits(StanceModel(folder, backend="openvino", precision="int8"), fit_ex),
-        reference.head_sizes,
+        _logits(reference, fit_ex), _logits(plain_int8, fit_ex), reference.head_sizes
     )
     names = reference.schema.target_names
     ref_sample = _probs(reference, sample)
@@ -194,7 +195,7 @@ def optimise(folder: Path, network, train_ex: Sequence[Example], dev_ex: Sequenc
             "passed": ok,
         }
         if precision == "int8":
-            plain = _probs(StanceModel(folder, backend="openvino", precision="int8"), sample)
+            plain = _probs(plain_int8, sample)
             runtime["candidates"]["int8"].update(
                 agreement_without_rescue={t: round(a, 4) for t, a in zip(names, agreement(ref_sample, plain))},
                 rescue_margin={t: round(m, 5) for t, m in zip(names, margins)},
