@@ -207,9 +207,17 @@ def main() -> None:
             f"{gflop:.3f} GFLOP/sentence, int8 ceiling {INT8_PEAK_GOPS / gflop:.0f} sentences/s"
         )
         rows = []
+        parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
         with torch.inference_mode():
             rows.append(("pipeline, one at a time", timed(lambda xs: [pipe(x) for x in xs], sentences[: args.naive_n])))
             rows.append(("pipeline, batch_size=32", timed(lambda xs: pipe(xs, batch_size=32), sentences)))
+        # A pipeline called on a list sets TOKENIZERS_PARALLELISM=false in this process's environment
+        # (transformers/pipelines/base.py), which would turn off the tokenizer's threads in the rows
+        # after it and in the `stancewatch score` child; users' runs do not have it.
+        if parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
         rows.append(("ours, torch fp32 (sorted batches)", timed(lambda xs: ref.predict_arrays(xs), sentences)))
         if plain is not None:
             rows.append(
