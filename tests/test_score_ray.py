@@ -148,15 +148,10 @@ def _assert_same_files(got: Path, want: Path, docs: bool = True) -> None:
     )
 
 
-# ---- in-process: one small Ray ------------------------------------------------------------------
-
-
-def test_ray_engine_writes_the_local_engines_files(tmp_path, tiny_model, local_ray):
-    src = _archive(tmp_path)
-    model = StanceModel.load(tiny_model.tag)
-    want = score([src], tmp_path / "local.parquet", model, chunk_size=4, doc_summary=tmp_path / "docs-local.parquet")
-    copies = set(Path(tempfile.gettempdir()).glob("stancewatch-model-*"))  # actors' model folders
-    # Chunks of 4 records and slices of 3 sentences: documents cut across slices and actors.
+def _both_engines(tmp_path: Path, src: Path, model, **options):
+    """The same job on the local engine (local.parquet) and on two one-thread Ray actors with slices of
+    3 sentences (ray.parquet), each with its document summary; returns (local result, Ray result)."""
+    want = score([src], tmp_path / "local.parquet", model, doc_summary=tmp_path / "docs-local.parquet", **options)
     got = score_ray(
         [src],
         tmp_path / "ray.parquet",
@@ -164,10 +159,22 @@ def test_ray_engine_writes_the_local_engines_files(tmp_path, tiny_model, local_r
         tag=model.tag,
         num_actors=2,
         threads=1,
-        chunk_size=4,
         batch_size=3,
         doc_summary=tmp_path / "docs-ray.parquet",
+        **options,
     )
+    return want, got
+
+
+# ---- in-process: one small Ray ------------------------------------------------------------------
+
+
+def test_ray_engine_writes_the_local_engines_files(tmp_path, tiny_model, local_ray):
+    src = _archive(tmp_path)
+    model = StanceModel.load(tiny_model.tag)
+    copies = set(Path(tempfile.gettempdir()).glob("stancewatch-model-*"))  # actors' model folders
+    # Chunks of 4 records and slices of 3 sentences: documents cut across slices and actors.
+    want, got = _both_engines(tmp_path, src, model, chunk_size=4)
     assert (got.documents, got.sentences, got.rejected) == (want.documents, want.sentences, want.rejected)
     assert want.rejected >= 3
     # The time breakdown covers every slice and both actors.
@@ -202,19 +209,7 @@ def test_ray_engine_carries_kept_fields_and_rejects_like_the_local_engine(tmp_pa
     del records[5]["outlet"]  # missing: a reject naming the field
     src.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     model = StanceModel.load(tiny_model.tag)
-    kw = dict(chunk_size=4, keep_fields=("date", "outlet"))
-    want = score([src], tmp_path / "local.parquet", model, doc_summary=tmp_path / "docs-local.parquet", **kw)
-    got = score_ray(
-        [src],
-        tmp_path / "ray.parquet",
-        model.folder,
-        tag=model.tag,
-        num_actors=2,
-        threads=1,
-        batch_size=3,
-        doc_summary=tmp_path / "docs-ray.parquet",
-        **kw,
-    )
+    want, got = _both_engines(tmp_path, src, model, chunk_size=4, keep_fields=("date", "outlet"))
     assert (
         (got.documents, got.sentences, got.rejected)
         == (want.documents, want.sentences, want.rejected)

@@ -395,8 +395,13 @@ class ActorPool:
         self.created = time.perf_counter()
         # Where the time goes (ScoreResult.timings): actors' start-up, their compute, the driver
         # waiting for actors' results, and the driver waiting on its own reading and sentence splitting.
-        self.timings = {"actors_ready_s": 0.0, "actor_busy_s": 0.0, "driver_result_wait_s": 0.0, "slices": 0}
-        self.timings["driver_input_wait_s"] = 0.0
+        self.timings = {
+            "actors_ready_s": 0.0,
+            "actor_busy_s": 0.0,
+            "driver_result_wait_s": 0.0,
+            "driver_input_wait_s": 0.0,
+            "slices": 0,
+        }
         self.load: dict[int, int] = {i: 0 for i in self.actors}
         self.info: dict[int, dict] = {}
         self._ready = {a.ready.remote(): i for i, a in self.actors.items()}
