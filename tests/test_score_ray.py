@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -453,8 +454,17 @@ class Cluster:
         p = self.procs.pop(node, None)
         if p is None or p.poll() is not None:
             return
-        os.killpg(p.pid, signal.SIGKILL)  # the node's raylet, object store, workers: one group
+        # The node's raylet, GCS and agents share `ray start`'s process group, but each worker process
+        # (the scoring actors) puts itself in a group of its own: a killpg alone left the worker
+        # node's actor scoring for seconds after its raylet was gone, and in CI the whole run ended
+        # with no actor lost. A machine that dies takes all of them, so this stops them all, by PID.
+        kids = psutil.Process(p.pid).children(recursive=True)
+        os.killpg(p.pid, signal.SIGKILL)
+        for kid in kids:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                kid.kill()
         p.wait(30)
+        psutil.wait_procs(kids, timeout=30)
 
 
 @contextlib.contextmanager
