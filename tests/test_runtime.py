@@ -1,6 +1,7 @@
 """The OpenVINO runtime: export, int8 validation gate, fallback, order restoration, no torch import."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -156,6 +157,20 @@ def test_openvino_process_never_imports_torch(optimised):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_nothing_is_sent_home(optimised, tmp_path):
+    # OpenVINO's converter (imported by `import openvino`) and NNCF send analytics events and write a
+    # client id under ~/intel unless opted out; stancewatch turns both off for its processes.
+    code = (
+        "import sys; from stancewatch.model.predictor import StanceModel; import nncf; "
+        f"m = StanceModel({str(optimised.folder)!r}, backend='openvino', precision='int8'); "
+        "m.predict(['A sentence.']); print(sys.modules.get('openvino_telemetry'))"
+    )
+    env = {**os.environ, "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "None"
+    assert not (tmp_path / "intel").exists(), sorted(p.name for p in (tmp_path / "intel").iterdir())
 
 
 def _gate_case(n: int, flips: int, seed: int = 0):
