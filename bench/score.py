@@ -15,6 +15,8 @@ Run one benchmark at a time: both sides share the machine's cores.
 127.0.0.1 (`ray start --head` and `ray start --address`, `--ray-cpus` CPUs each, each node its own
 temp dir; stopped by PID at the end), `stancewatch score --engine ray --ray-actors <nodes>`, and a
 table of local vs Ray sentences/s, their ratio (goal >= 0.8), the nodes and whether the rows agree.
+The same table has the anchor without Ray: the articles cut into one archive per node, each scored
+at the same time by its own `--ray-cpus`-thread process (what splitting the CPUs costs by itself).
 `--ray-address ADDR` uses a running cluster instead.
 """
 
@@ -48,35 +50,41 @@ def corpus_sentences() -> list[str]:
         return [r["text"] for r in csv.DictReader(fh)]
 
 
-def articles(n: int, lo: int, hi: int, seed: int = 0):
-    """(id, text) of `n` articles of lo..hi corpus sentences, two paragraphs each."""
+def articles(n: int, lo: int, hi: int, seed: int = 0, part: tuple[int, int] = (0, 1)):
+    """(id, text) of `n` articles of lo..hi corpus sentences, two paragraphs each; with
+    `part=(k, parts)` only the k-th of `parts` equal runs of them (the same articles)."""
     base = corpus_sentences()
     rng = random.Random(seed)
+    k, parts = part
+    first, last = k * n // parts, (k + 1) * n // parts
     for i in range(n):
         sents = rng.choices(base, k=rng.randint(lo, hi))
         half = len(sents) // 2
-        yield f"art{i:07d}", " ".join(sents[:half]) + "\n\n" + " ".join(sents[half:])
+        if first <= i < last:
+            yield f"art{i:07d}", " ".join(sents[:half]) + "\n\n" + " ".join(sents[half:])
 
 
-def generate(path: Path, n: int, lo: int, hi: int) -> Path:
-    """Write `n` articles as .jsonl.zst, .tar.gz (one .txt per article) or .zip (likewise)."""
+def generate(path: Path, n: int, lo: int, hi: int, part: tuple[int, int] = (0, 1)) -> Path:
+    """Write `n` articles (or one `part` of them) as .jsonl.zst, .tar.gz (one .txt per article) or
+    .zip (likewise)."""
     name = path.name
+    docs = articles(n, lo, hi, part=part)
     if name.endswith(".jsonl.zst"):
         import zstandard
 
         with open(path, "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as zw:
-            for doc_id, text in articles(n, lo, hi):
+            for doc_id, text in docs:
                 zw.write((json.dumps({"id": doc_id, "text": text}) + "\n").encode())
     elif name.endswith(".tar.gz"):
         with tarfile.open(path, "w:gz") as tf:
-            for doc_id, text in articles(n, lo, hi):
+            for doc_id, text in docs:
                 data = text.encode()
                 info = tarfile.TarInfo(f"{doc_id}.txt")
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
     elif name.endswith(".zip"):
         with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for doc_id, text in articles(n, lo, hi):
+            for doc_id, text in docs:
                 zf.writestr(f"{doc_id}.txt", text)
     else:
         raise ValueError(f"unknown archive format: {name}")
@@ -238,14 +246,25 @@ class LocalCluster:
         import shutil
         import signal
 
+        import psutil
+
         for p in reversed(self.procs):
             if p.poll() is None:
+                # Ray's worker processes (the actors) each set a process group of their own, so the
+                # node's group does not hold them: they are found as its descendants and ended by PID.
+                kids = psutil.Process(p.pid).children(recursive=True)
                 os.killpg(p.pid, signal.SIGTERM)
                 try:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
                     os.killpg(p.pid, signal.SIGKILL)
                     p.wait()
+                _, alive = psutil.wait_procs(kids, timeout=10)
+                for kid in alive:
+                    try:
+                        kid.kill()
+                    except psutil.NoSuchProcess:
+                        pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -324,6 +343,8 @@ def main() -> None:
             f"{results['big']['peak_rss_mib']:.0f} MiB for {args.big}: x{growth:.2f} (goal: flat)"
         )
     if args.ray or args.ray_address:
+        if not args.ray_address:
+            results["split"] = split_row(args, work, args.ray_nodes)
         results["ray"] = ray = ray_row(args, work)
         lo_, ra = results["small"], ray["run"]
         print(
@@ -334,6 +355,13 @@ def main() -> None:
             f"| local | 1 x {os.cpu_count()} threads | {lo_['sentences']} | - | {lo_['score_s']:.1f} | "
             f"{lo_['sentences_per_s']:.0f} | {lo_['process_s']:.1f} | 1.00 |"
         )
+        if "split" in results:
+            sp = results["split"]
+            print(
+                f"| {args.ray_nodes} processes, no Ray | {args.ray_nodes} x {args.ray_cpus} thread | {sp['sentences']} | - | "
+                f"{sp['score_s']:.1f} | {sp['sentences_per_s']:.0f} | {sp['process_s']:.1f} | "
+                f"{sp['sentences_per_s'] / lo_['sentences_per_s']:.2f} (process: {lo_['process_s'] / sp['process_s']:.2f}) |"
+            )
         print(
             f"| ray | {ray['nodes'] or '?'} x {args.ray_cpus} | {ra['sentences']} | {ray['same_rows']} | "
             f"{ra['score_s']:.1f} | {ra['sentences_per_s']:.0f} | {ra['process_s']:.1f} | "
@@ -342,6 +370,43 @@ def main() -> None:
         if ra.get("breakdown"):
             print(ra["breakdown"])
     (work / "results.json").write_text(json.dumps(results, indent=1))
+
+
+def split_row(args, work: Path, parts: int) -> dict:
+    """The anchor for the Ray row without Ray: the same articles cut into `parts` archives, each
+    scored at the same time by its own one-thread `stancewatch score` process (what the CPUs of a
+    `parts`-node, one-CPU-per-node cluster can do when nothing but the model is split)."""
+    import threading
+
+    runs: list = [None] * parts
+    errors: list = []
+
+    def one(k: int) -> None:
+        archive = work / f"articles-{args.articles}-part{k}of{parts}.{args.format}"
+        if not archive.exists():
+            generate(archive, args.articles, *(int(x) for x in args.sentences.split("-")), part=(k, parts))
+        env = dict(os.environ, STANCEWATCH_THREADS=str(args.ray_cpus))
+        try:
+            runs[k] = run_score(archive, work / f"scored-part{k}of{parts}.parquet", args.model, args.chunk, env=env)
+        except BaseException as exc:  # noqa: BLE001 - reported below, after the other part ends
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(parts)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    sentences = sum(r["sentences"] for r in runs)
+    score_s = max(r["score_s"] for r in runs)
+    return {
+        "sentences": sentences,
+        "score_s": score_s,
+        "process_s": max(r["process_s"] for r in runs),
+        "sentences_per_s": sentences / score_s,
+        "parts": runs,
+    }
 
 
 def ray_row(args, work: Path) -> dict:

@@ -10,6 +10,8 @@ On 127.0.0.1, one after the other, it serves the same model with
              below; /predict only: it cannot split or summarise a document);
   ours_traced (only when named in --servers) ours with STANCEWATCH_TRACING=1: BentoML's
              OpenTelemetry middleware opening its spans, as before tracing was off by default;
+  ours_nolog (only when named) ours with STANCEWATCH_ACCESS_LOG=0: the bare app writes no access
+             log, so this is ours against it like for like;
 and measures on each: single-sentence requests one at a time (p50/p95/p99), then N concurrent
 clients for a bounded time with 1 and with 8 sentences per request, and (ours and bare) documents
 of ~16 sentences: requests/s, sentences/s, p95, errors, server CPU per request. In-process
@@ -67,6 +69,15 @@ def pick_sentences(model, n: int, tokens: int = 30) -> list[str]:
     return [t for t, _ in ranked]
 
 
+# The service under other settings: tracing on (as before it was off by default), and without the
+# access log (the bare app writes none, so this is the like-for-like row against it).
+OURS_VARIANTS = {
+    "ours": {},
+    "ours_traced": {"STANCEWATCH_TRACING": "1"},
+    "ours_nolog": {"STANCEWATCH_ACCESS_LOG": "0"},
+}
+
+
 def start_server(kind: str, tag: str, port: int, threads: int) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -75,10 +86,9 @@ def start_server(kind: str, tag: str, port: int, threads: int) -> subprocess.Pop
         "STANCEWATCH_RELOAD_SECONDS": "0",
     }
     env.setdefault("STANCEWATCH_WORKERS", "1")
-    if kind == "ours_traced":  # the service as it was before tracing was off by default
-        env["STANCEWATCH_TRACING"] = "1"
+    env.update(OURS_VARIANTS.get(kind, {}))
     where = ["--host", "127.0.0.1", "--port", str(port)]
-    if kind in ("ours", "ours_traced"):
+    if kind in OURS_VARIANTS:
         cmd = [sys.executable, "-m", "bentoml", "serve", "stancewatch.service.service:StanceService", *where]
     elif kind == "batchable":
         cmd = [
@@ -357,7 +367,7 @@ def main() -> None:
     ap.add_argument(
         "--servers",
         default="ours,bare,batchable",
-        help="which servers to run, in order (also: ours_traced, ours with STANCEWATCH_TRACING=1)",
+        help="which servers to run, in order (also: ours_traced, ours_nolog)",
     )
     ap.add_argument("--backend", default="auto", help="auto | torch | openvino, servers and in-process")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -432,6 +442,13 @@ def main() -> None:
         ratios["documents: ours / in-process (goal >= 0.85)"] = (
             ours["documents"]["sent_per_s"] / local["doc_sent_per_s"]
         )
+        if "ours_nolog" in results and "bare" in results:
+            ratios["single: ours without access log / bare (like for like)"] = (
+                results["ours_nolog"]["1 per request"]["req_per_s"] / results["bare"]["1 per request"]["req_per_s"]
+            )
+            ratios["1 per request: ours / ours without access log"] = (
+                ours["1 per request"]["req_per_s"] / results["ours_nolog"]["1 per request"]["req_per_s"]
+            )
         if "ours_traced" in results:
             for name in ("1 per request", "8 per request"):
                 ratios[f"{name}: ours / ours with tracing on"] = (

@@ -134,6 +134,9 @@ def whole_process(folder: Path, sentences: list[str], threads: int) -> float:
             "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(sentences)), encoding="utf-8"
         )
         env = {**os.environ, "STANCEWATCH_THREADS": str(threads)}
+        import resource
+
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         subprocess.run(
             [
@@ -155,7 +158,13 @@ def whole_process(folder: Path, sentences: list[str], threads: int) -> float:
             cwd=REPO,
             stdout=subprocess.DEVNULL,
         )
-        return len(sentences) / (time.perf_counter() - started)
+        wall = time.perf_counter() - started
+        me2, kids2 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        print(
+            f"fresh process: {wall:.1f} s wall, its CPU {kids2.ru_utime - kids.ru_utime + kids2.ru_stime - kids.ru_stime:.1f} s; "
+            f"this process's CPU meanwhile {me2.ru_utime - me.ru_utime + me2.ru_stime - me.ru_stime:.2f} s"
+        )
+        return len(sentences) / wall
 
 
 def main() -> None:
