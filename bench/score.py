@@ -374,20 +374,22 @@ def main() -> None:
 
 def split_row(args, work: Path, parts: int) -> dict:
     """The anchor for the Ray row without Ray: the same articles cut into `parts` archives, each
-    scored at the same time by its own one-thread `stancewatch score` process (what the CPUs of a
-    `parts`-node, one-CPU-per-node cluster can do when nothing but the model is split)."""
+    scored at the same time by its own `--ray-cpus`-thread `stancewatch score` process (what the
+    CPUs of a `parts`-node cluster can do when nothing but the work is split)."""
     import threading
 
+    lo, hi = (int(x) for x in args.sentences.split("-"))
+    archives = [work / f"articles-{args.articles}-part{k}of{parts}.{args.format}" for k in range(parts)]
+    for k, archive in enumerate(archives):  # all written before any scoring starts, so the runs overlap fully
+        if not archive.exists():
+            generate(archive, args.articles, lo, hi, part=(k, parts))
+    env = dict(os.environ, STANCEWATCH_THREADS=str(args.ray_cpus))
     runs: list = [None] * parts
     errors: list = []
 
     def one(k: int) -> None:
-        archive = work / f"articles-{args.articles}-part{k}of{parts}.{args.format}"
-        if not archive.exists():
-            generate(archive, args.articles, *(int(x) for x in args.sentences.split("-")), part=(k, parts))
-        env = dict(os.environ, STANCEWATCH_THREADS=str(args.ray_cpus))
         try:
-            runs[k] = run_score(archive, work / f"scored-part{k}of{parts}.parquet", args.model, args.chunk, env=env)
+            runs[k] = run_score(archives[k], work / f"scored-part{k}of{parts}.parquet", args.model, args.chunk, env=env)
         except BaseException as exc:  # noqa: BLE001 - reported below, after the other part ends
             errors.append(exc)
 
