@@ -12,6 +12,8 @@ On 127.0.0.1, one after the other, it serves the same model with
              OpenTelemetry middleware opening its spans, as before tracing was off by default;
   ours_nolog (only when named) ours with STANCEWATCH_ACCESS_LOG=0: the bare app writes no access
              log, so this is ours against it like for like;
+  ours_lean  (only when named) ours with the access log and the Prometheus metrics off, the two
+             per-request costs the bare app does not have;
 and measures on each: single-sentence requests one at a time (p50/p95/p99), then N concurrent
 clients for a bounded time with 1 and with 8 sentences per request, and (ours and bare) documents
 of ~16 sentences: requests/s, sentences/s, p95, errors, server CPU per request. In-process
@@ -75,6 +77,7 @@ OURS_VARIANTS = {
     "ours": {},
     "ours_traced": {"STANCEWATCH_TRACING": "1"},
     "ours_nolog": {"STANCEWATCH_ACCESS_LOG": "0"},
+    "ours_lean": {"STANCEWATCH_ACCESS_LOG": "0", "STANCEWATCH_METRICS": "0"},
 }
 
 
@@ -367,7 +370,7 @@ def main() -> None:
     ap.add_argument(
         "--servers",
         default="ours,bare,batchable",
-        help="which servers to run, in order (also: ours_traced, ours_nolog)",
+        help="which servers to run, in order (also: ours_traced, ours_nolog, ours_lean)",
     )
     ap.add_argument("--backend", default="auto", help="auto | torch | openvino, servers and in-process")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -448,6 +451,10 @@ def main() -> None:
             )
             ratios["1 per request: ours / ours without access log"] = (
                 ours["1 per request"]["req_per_s"] / results["ours_nolog"]["1 per request"]["req_per_s"]
+            )
+        if "ours_lean" in results and "bare" in results:
+            ratios["single: ours without access log and metrics / bare"] = (
+                results["ours_lean"]["1 per request"]["req_per_s"] / results["bare"]["1 per request"]["req_per_s"]
             )
         if "ours_traced" in results:
             for name in ("1 per request", "8 per request"):

@@ -1,9 +1,11 @@
 """Inference throughput: naive transformers pipeline vs our torch path vs our optimised path.
 
 All variants run in this one process on the same sentences, tokenisation included, one after the
-other (never concurrently), on two workloads:
+other (never concurrently), on three workloads (--workloads picks some):
   long  - news-length sentences (11-96 tokens), built by joining sentences of the bundled corpus
   short - sentences of about 20 tokens
+  news  - the sentences of the bundled news-genre articles (training/data/news_*.csv), shuffled and
+          repeated to --n: the length mix of real coverage
 The pipeline baseline is a BertForSequenceClassification with the served model's encoder weights
 and one 6-way head, the same compute as our two 3-way heads. The last row runs `stancewatch score
 --unit sentence` on the same sentences as a fresh process (start-up, model load, language
@@ -13,7 +15,7 @@ The issue's whole-process check is 6,000 sentences (the default --n): at 2,000 t
 costs are half of that run. On int8 the near-tie rescue is part of every "ours" row, and the share
 of rows it re-ran in fp32 is printed.
 
-    python bench/throughput.py [--model TAG] [--n 6000] [--threads 2]
+    python bench/throughput.py [--model TAG] [--n 6000] [--threads 2] [--workloads long,short,news]
 """
 
 from __future__ import annotations
@@ -58,7 +60,19 @@ def build_workloads(tokenizer, n: int, seed: int = 0) -> dict[str, list[str]]:
     pool = [s for s in base if 17 <= lengths[s] <= 23]
     while len(short) < n:
         short.append(rng.choice(pool) if pool else rng.choice(base))
-    return {"long": long, "short": short}
+    news = news_sentences()
+    rng.shuffle(news)
+    return {"long": long, "short": short, "news": (news * (n // max(1, len(news)) + 1))[:n]}
+
+
+def news_sentences() -> list[str]:
+    """Every sentence of the bundled news-genre articles (training and test), as the articles have them:
+    the length mix of real coverage, where the joined "long" sentences are an upper bound."""
+    out = []
+    for name in ("news_train.csv", "news_test.csv"):
+        with open(REPO / "training" / "data" / name, newline="", encoding="utf-8") as fh:
+            out += [r["text"] for r in csv.DictReader(fh)]
+    return out
 
 
 def gflop_per_sentence(tokenizer, sentences, hidden: int, layers: int) -> float:
@@ -173,6 +187,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=6000, help="sentences per workload")
     ap.add_argument("--naive-n", type=int, default=400, help="sentences for the slow one-at-a-time pipeline")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workloads", default="long,short,news", help="comma-separated: long, short, news")
     args = ap.parse_args()
     os.environ["STANCEWATCH_THREADS"] = str(args.threads)
 
@@ -203,7 +218,14 @@ def main() -> None:
         plain = StanceModel(fast.folder, backend="torch", threads=args.threads)
         plain.backend = OpenVINOBackend(fast.folder, fast.backend.precision, args.threads, streams=1)
         plain.max_batch, plain.max_tokens, plain.pad_step = 32, 10**9, 1
-    workloads = build_workloads(fast.encoder.tokenizer, args.n)
+    # The other OpenVINO precision, side by side with the default path: on CPUs without VNNI/AMX the
+    # default runs the fp32 IR instead of the version's int8 (model/runtime.py, run_precision).
+    other = None
+    if fast.backend.name == "openvino" and fast.settings.get("runtime", {}).get("precision") == "int8":
+        alt = "int8" if fast.backend.precision != "int8" else "fp32"
+        other = StanceModel(fast.folder, backend="openvino", threads=args.threads, precision=alt)
+    chosen = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    workloads = {k: v for k, v in build_workloads(fast.encoder.tokenizer, args.n).items() if k in chosen}
     print(
         f"model {fast.tag}: optimised backend {fast.backend.name} "
         f"{getattr(fast.backend, 'precision', 'fp32')}; threads {args.threads}; torch {torch.__version__}"
@@ -234,6 +256,11 @@ def main() -> None:
                     f"plain OpenVINO {fast.backend.precision}, sorted batches of 32",
                     timed(lambda xs: plain.predict_arrays(xs), sentences),
                 )
+            )
+        if other is not None:
+            other.rows_scored = other.rows_rescued = 0
+            rows.append(
+                (f"ours, openvino {other.backend.precision} (not chosen here)", timed(other.predict_arrays, sentences))
             )
         label = f"ours, {fast.backend.name} {getattr(fast.backend, 'precision', 'fp32')} (default path)"
         fast.rows_scored = fast.rows_rescued = 0

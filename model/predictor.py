@@ -233,9 +233,11 @@ class StanceModel:
         if backend == "auto":
             backend = runtime.get("backend", "torch")
         if backend == "openvino":
-            from stancewatch.model.runtime import OpenVINOBackend
+            from stancewatch.model.runtime import OpenVINOBackend, run_precision
 
-            precision = precision or runtime.get("precision", "int8")
+            precision = run_precision(
+                runtime.get("precision", "int8"), precision or settings.get("PRECISION"), self.folder
+            )
             rescue = runtime.get("rescue_margin")  # per target, recorded by training/optimise.py
             margins = [float(rescue[t.name]) for t in self.schema.targets] if rescue else None
             return OpenVINOBackend(self.folder, precision, self.threads, rescue_margin=margins)

@@ -34,6 +34,45 @@ INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids", "pool_mask")
 LENGTH_STEP = 8  # pad sequence lengths to a multiple of this: fewer distinct shapes
 
 
+# CPU flags (Linux /proc/cpuinfo names) of instructions that multiply int8 vectors in one step.
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """This CPU's feature flags, or None where /proc/cpuinfo cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def int8_pays(flags: frozenset[str] | None = None) -> bool:
+    """Whether int8 beats the fp32 IR on this CPU: it does only with int8 dot-product instructions.
+
+    Measured (bench/throughput.py, same model, 2 threads): on a Zen 4 with AVX-512 VNNI int8 was the
+    fastest path; on an AVX2-only EPYC (no VNNI) the fp32 IR ran 128-134 sentences/s on the news
+    sentences against 102-123 for int8 (with or without the rescue), so int8 there is slower and
+    inexact. Unknown flags (not Linux) keep int8, as before."""
+    flags = cpu_flags() if flags is None else flags
+    return flags is None or bool(flags & INT8_DOT_FLAGS)
+
+
+def run_precision(recorded: str, requested: str | None, folder: Path, flags: frozenset[str] | None = None) -> str:
+    """The OpenVINO precision to run: `requested` (int8, bf16, fp32) as asked; None or "auto" the
+    version's `recorded` choice, except int8 on a CPU where it does not pay (`int8_pays`) and the
+    fp32 IR exists."""
+    if requested and requested != "auto":
+        return requested
+    if recorded == "int8" and not int8_pays(flags) and (Path(folder) / OV_DIR / "model.xml").exists():
+        log.info("int8 runs slower than fp32 on a CPU without VNNI/AMX: running the fp32 IR")
+        return "fp32"
+    return recorded
+
+
 class OpenVINOBackend:
     """Runs the exported IR; several batches in flight so two cores stay busy."""
 

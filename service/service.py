@@ -96,6 +96,7 @@ def get_ui():
     resources={"cpu": str(THREADS * WORKERS)},
     traffic={"timeout": 600},
     logging={"access": {"enabled": _BOOT.access_log}},
+    metrics={"enabled": _BOOT.metrics},
     # BentoML always wraps the app in OpenTelemetry's ASGI middleware, which opens five spans per
     # request even with no exporter to send them to. Excluding every URL (the default,
     # STANCEWATCH_TRACING=0) makes it call the app directly.

@@ -4,7 +4,7 @@ A variable is declared once below (name, kind, default, allowed values, what it 
 reads them all into one frozen `Settings` object and `get(NAME)` reads one. A bad value fails with
 a `SettingError` that names the variable, the value and what is allowed, instead of a bare
 ValueError from `int()` somewhere at import. Values are read when asked for: only what BentoML's
-service decorator needs (workers, CPU count, access log, tracing, the served tag, the per-request sentence
+service decorator needs (workers, CPU count, access log, metrics, tracing, the served tag, the per-request sentence
 limit in the OpenAPI schema) is read when service/service.py is imported.
 
 `python -m stancewatch.settings` prints the table the README carries (a test keeps them equal).
@@ -103,6 +103,15 @@ VARIABLES: tuple[Variable, ...] = (
         used_by="service",
     ),
     Variable(
+        "PRECISION",
+        "choice",
+        "auto",
+        "OpenVINO precision: auto runs the version's gated choice, except int8 on a CPU without int8 "
+        "dot-product instructions (VNNI, AMX), where the fp32 IR is faster and exact.",
+        choices=("auto", "int8", "bf16", "fp32"),
+        used_by="service, score",
+    ),
+    Variable(
         "THREADS",
         "int",
         None,
@@ -183,6 +192,14 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("ACCESS_LOG", "bool", True, "One log line per request (BentoML's access log).", used_by="service"),
     Variable(
+        "METRICS",
+        "bool",
+        True,
+        "Prometheus request metrics at /metrics (BentoML's metrics middleware: a histogram, two counters "
+        "and two gauges updated per request in multiprocess files).",
+        used_by="service",
+    ),
+    Variable(
         "TRACING",
         "bool",
         False,
@@ -230,6 +247,7 @@ def get(name: str, environ: Mapping[str, str] | None = None) -> Any:
 class Settings:
     model: str | None
     backend: str
+    precision: str
     threads: int | None
     ov_shape_cache: int
     workers: int
@@ -243,6 +261,7 @@ class Settings:
     reload_seconds: float
     shutdown_grace_s: int
     access_log: bool
+    metrics: bool
     tracing: bool
     api_key: str | None
     datasets_cache: str | None

@@ -40,7 +40,7 @@ def test_export_records_the_choice_and_agreement(optimised):
         assert runtime == {**runtime, "backend": "openvino", "precision": "int8"}
         assert min(int8["agreement"].values()) >= 0.995
         assert runtime["rescue_margin"] == pytest.approx(int8["rescue_margin"], abs=1e-5)
-        loaded = StanceModel(optimised.folder)
+        loaded = StanceModel(optimised.folder, precision="int8")  # int8 whatever this CPU (see run_precision)
         assert list(loaded.backend.rescue_margin) == pytest.approx(list(runtime["rescue_margin"].values()))
     else:
         assert runtime["precision"] in ("bf16", "fp32")
@@ -79,6 +79,42 @@ def test_failed_validation_falls_back(optimised, monkeypatch, tmp_path):
     assert runtime["backend"] == "torch" and runtime["precision"] == "fp32"
     assert not runtime["candidates"]["int8"]["passed"] and not runtime["candidates"]["bf16"]["passed"]
     assert StanceModel(folder).backend.name == "torch"
+
+
+def test_int8_runs_only_where_the_cpu_has_int8_dot_products(optimised, tmp_path, monkeypatch):
+    from stancewatch.model import runtime as rt
+
+    avx2, vnni = frozenset({"sse4_2", "avx2", "fma"}), frozenset({"avx2", "avx512f", "avx512_vnni"})
+    folder = optimised.folder
+    assert rt.run_precision("int8", None, folder, avx2) == "fp32"
+    assert rt.run_precision("int8", "auto", folder, frozenset({"avx2", "avx_vnni"})) == "int8"
+    assert rt.run_precision("int8", None, folder, vnni) == "int8"
+    assert rt.run_precision("int8", "int8", folder, avx2) == "int8"  # asked for: as asked
+    assert rt.run_precision("bf16", None, folder, avx2) == "bf16"
+    assert rt.run_precision("int8", None, tmp_path, avx2) == "int8"  # no fp32 IR to run instead
+    monkeypatch.setattr(rt, "cpu_flags", lambda: None)
+    assert rt.int8_pays()  # flags unknown (not Linux): the recorded choice stands
+
+    # What a loaded model runs when its version recorded int8 with a rescue.
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    path = copy / SETTINGS_FILE
+    settings = json.loads(path.read_text())
+    settings["runtime"] = {
+        "backend": "openvino",
+        "precision": "int8",
+        "rescue_margin": {"taiwan_policy": 0.05, "external_pressure": 0.05},
+    }
+    path.write_text(json.dumps(settings))
+    monkeypatch.setattr(rt, "cpu_flags", lambda: avx2)
+    m = StanceModel(copy)
+    assert m.backend.precision == "fp32" and m.backend.rescue_margin is None and m.backend.fallback is None
+    monkeypatch.setenv("STANCEWATCH_PRECISION", "int8")
+    assert StanceModel(copy).backend.precision == "int8"
+    monkeypatch.delenv("STANCEWATCH_PRECISION")
+    monkeypatch.setattr(rt, "cpu_flags", lambda: vnni)
+    m = StanceModel(copy)
+    assert m.backend.precision == "int8" and list(m.backend.rescue_margin) == pytest.approx([0.05, 0.05])
 
 
 class _FixedBackend:

@@ -149,6 +149,27 @@ def test_access_log_is_on_by_default_and_can_be_turned_off(svc_module, tiny_mode
     assert done.stdout.strip().splitlines()[-1] == "False"
 
 
+def test_metrics_middleware_is_on_by_default_and_can_be_turned_off(svc_module, tiny_model):
+    import subprocess
+    import sys
+
+    # The middleware list BentoML builds for the served app, after it merged the service's config.
+    code = (
+        "import stancewatch.service.service as s\n"
+        "from _bentoml_impl.server.app import ServiceAppFactory\n"
+        "s.StanceService.inject_config()\n"
+        "print(sorted(m.cls.__name__ for m in ServiceAppFactory(s.StanceService, is_main=True).middlewares))"
+    )
+    seen = {}
+    for value in ("1", "0"):
+        env = {**os.environ, "STANCEWATCH_MODEL": tiny_model.tag, "STANCEWATCH_METRICS": value}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        seen[value] = done.stdout.strip().splitlines()[-1]
+    assert "RunnerTrafficMetricsMiddleware" in seen["1"], seen
+    assert "RunnerTrafficMetricsMiddleware" not in seen["0"] and "GuardMiddleware" in seen["0"], seen
+
+
 def test_tracing_middleware_skips_requests_unless_tracing_is_on(svc_module, tiny_model):
     import subprocess
     import sys

@@ -58,8 +58,9 @@ def needed_files(folder: Path, backend: str = "auto") -> Callable[[str], bool]:
     """Which files of a model folder inference with `backend` reads.
 
     A saved version holds the torch weights, two OpenVINO exports, its training data and its report
-    (196 MB for MiniLM); an OpenVINO int8 replica reads 24 MB of it. Shipping only that through the
-    object store keeps actor start-up and object-store memory small."""
+    (196 MB for MiniLM); an OpenVINO int8 replica reads 114 MB of it (the int8 IR, 23 MB, and the
+    fp32 IR, 90 MB). Shipping only that through the object store keeps actor start-up and
+    object-store memory small."""
     import json
 
     try:
@@ -68,14 +69,9 @@ def needed_files(folder: Path, backend: str = "auto") -> Callable[[str], bool]:
         runtime = {}
     chosen = runtime.get("backend", "torch") if backend == "auto" else backend
     int8 = runtime.get("precision", "int8") == "int8"
-    # int8 with the near-tie rescue (model/runtime.py) also runs the fp32 IR.
-    ov_stems = (
-        ("model_int8.", "model.")
-        if int8 and runtime.get("rescue_margin")
-        else ("model_int8.",)
-        if int8
-        else ("model.",)
-    )
+    # int8 also needs the fp32 IR: for the near-tie rescue, and on a worker whose CPU lacks VNNI/AMX,
+    # where the actor runs the fp32 IR instead (model/runtime.py, run_precision).
+    ov_stems = ("model_int8.", "model.") if int8 else ("model.",)
 
     def keep(rel: str) -> bool:
         if rel.startswith(("eval/", "data/")):
