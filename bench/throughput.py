@@ -38,9 +38,14 @@ sys.path.insert(0, str(REPO))
 INT8_PEAK_GOPS = 920.0  # 2 Zen 4 cores, VNNI int8 (issue 5's roofline)
 
 
-def corpus_sentences() -> list[str]:
-    with open(REPO / "training" / "data" / "default_corpus.csv", newline="", encoding="utf-8") as fh:
+def csv_texts(name: str) -> list[str]:
+    """The `text` column of a bundled CSV in training/data."""
+    with open(REPO / "training" / "data" / name, newline="", encoding="utf-8") as fh:
         return [r["text"] for r in csv.DictReader(fh)]
+
+
+def corpus_sentences() -> list[str]:
+    return csv_texts("default_corpus.csv")
 
 
 def build_workloads(tokenizer, n: int, seed: int = 0) -> dict[str, list[str]]:
@@ -68,11 +73,7 @@ def build_workloads(tokenizer, n: int, seed: int = 0) -> dict[str, list[str]]:
 def news_sentences() -> list[str]:
     """Every sentence of the bundled news-genre articles (training and test), as the articles have them:
     the length mix of real coverage, where the joined "long" sentences are an upper bound."""
-    out = []
-    for name in ("news_train.csv", "news_test.csv"):
-        with open(REPO / "training" / "data" / name, newline="", encoding="utf-8") as fh:
-            out += [r["text"] for r in csv.DictReader(fh)]
-    return out
+    return csv_texts("news_train.csv") + csv_texts("news_test.csv")
 
 
 def gflop_per_sentence(tokenizer, sentences, hidden: int, layers: int) -> float:
