@@ -121,9 +121,9 @@ class StanceService:
         self.model = StanceModel(
             Path(self.model_ref.path), backend=cfg.backend, threads=THREADS, tag=str(self.model_ref.tag)
         )
-        from stancewatch.model.language import detect_languages
+        from stancewatch.model.language import preload
 
-        detect_languages(["Load the language models now, not in the first request."])  # ~2 s, once
+        preload()  # the detector's models, ~2 s once, not in the first request
         self.tag = self.model.tag
         # Each job carries the model its request started on, and a batch holds one model's jobs.
         self.batcher = MicroBatcher(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from stancewatch.model import language
 from stancewatch.model.language import corpus_languages, detect_languages, supported_flags
 from stancewatch.model.predictor import StanceModel
 
@@ -97,3 +100,62 @@ def test_batch_output_leaves_unsupported_sentences_empty(tmp_path, tiny_model):
     assert doc["sentences"] == 2 and doc["unsupported"] == 1
     for t in model.schema.targets:
         assert sum(doc[f"share_{t.name}_{lab}"] for lab in t.labels) == pytest.approx(1.0, abs=1e-5)
+
+
+# ---- the cheap routes (model/language.py): they may only skip lingua where lingua would agree ----
+def _foreign_sentences() -> list[tuple[str, str]]:
+    path = Path(__file__).parent / "data" / "foreign_sentences.tsv"
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if not line.startswith("#")]
+    return [(code, text) for code, text in rows]
+
+
+def _bundled_english() -> list[str]:
+    folder = Path(__file__).resolve().parent.parent / "training" / "data"
+    texts = []
+    for name in ("default_corpus.csv", "news_train.csv", "news_test.csv"):
+        with open(folder / name, newline="", encoding="utf-8") as fh:
+            texts += [row["text"] for row in csv.DictReader(fh)]
+    return texts
+
+
+def _high_accuracy(texts: list[str], prefer=("en",)) -> list[str | None]:
+    """What detection gave before the cheap routes: lingua in high-accuracy mode on every text."""
+    values = language._detector().compute_language_confidence_values_in_parallel(texts)
+    return [language._decide(v, t, set(prefer)) for v, t in zip(values, texts)]
+
+
+def test_no_foreign_sentence_is_plainly_english():
+    rows = _foreign_sentences()
+    assert len(rows) >= 90 and len({code for code, _ in rows}) >= 20
+    assert [text for _, text in rows if language.plainly_english(text)] == []
+    texts = [text for _, text in rows]
+    assert detect_languages(texts, prefer=["en"]) == _high_accuracy(texts)
+
+
+def test_most_english_news_skips_lingua_and_lingua_agrees():
+    english = _bundled_english()
+    plain = [t for t in english if language.plainly_english(t)]
+    assert len(plain) >= 0.9 * len(english)  # 4,882 of 5,034 when written
+    # lingua calls two of them Tagalog (sentences made mostly of Japanese names); the rest English
+    assert sum(lang != "en" for lang in _high_accuracy(plain)) <= 3
+    assert all(language.plainly_english(t) for t in ENGLISH[:2])
+    assert not language.plainly_english("Dialogue remains essential.")  # too few marker words: lingua decides
+
+
+def test_low_accuracy_route_gives_the_high_accuracy_answer_for_long_texts():
+    long_texts = [t for t in _bundled_english() if language._letters(t) >= language.TRIGRAM_ONLY][::10]
+    long_texts += [t for _, t in _foreign_sentences() if language._letters(t) >= language.TRIGRAM_ONLY]
+    assert len(long_texts) > 200
+    low = language._detector(low_accuracy=True).compute_language_confidence_values_in_parallel(long_texts)
+    high = language._detector().compute_language_confidence_values_in_parallel(long_texts)
+    for a, b in zip(low, high):
+        assert [(v.language, round(v.value, 9)) for v in a] == [(v.language, round(v.value, 9)) for v in b]
+
+
+def test_every_route_gives_the_same_answers_as_high_accuracy_alone():
+    texts = _bundled_english()[::7] + [t for _, t in _foreign_sentences()] + ["2025.", "Tokio protestiert."]
+    for prefer in (["en"], []):
+        new, old = detect_languages(texts, prefer=prefer), _high_accuracy(texts, prefer)
+        changed = [(t, a, b) for t, a, b in zip(texts, old, new) if a != b]
+        assert all(b == "en" and a == "tl" for _, a, b in changed), changed  # only the name-heavy ones
+        assert len(changed) <= 2
