@@ -173,8 +173,8 @@ def detect_languages(texts: Sequence[str], prefer: Iterable[str] | None = None) 
     for i, text in enumerate(texts):
         if plainly_english(text):
             out[i] = "en"
-        elif _has_letters(text):
-            (long_ones if _letters(text) >= TRIGRAM_ONLY else short_ones).append(i)
+        elif letters := _letters(text):
+            (long_ones if letters >= TRIGRAM_ONLY else short_ones).append(i)
     for rows, low in ((long_ones, True), (short_ones, False)):
         if rows:
             batch = [texts[i] for i in rows]
