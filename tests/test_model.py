@@ -85,6 +85,15 @@ def test_predictions_are_in_input_order_whatever_the_batching(tiny_model):
     np.testing.assert_allclose(np.concatenate(m.predict_arrays(sentences)[0], axis=1), ref, atol=1e-5)
 
 
+def test_batch_budget_is_read_from_its_setting(tiny_model, monkeypatch):
+    assert StanceModel(tiny_model.folder).max_tokens == 2048
+    monkeypatch.setenv("STANCEWATCH_BATCH_TOKENS", "512")
+    assert StanceModel(tiny_model.folder).max_tokens == 512
+    monkeypatch.setenv("STANCEWATCH_BATCH_TOKENS", "lots")
+    with pytest.raises(ValueError, match="STANCEWATCH_BATCH_TOKENS='lots' is not valid: expected an integer >= 1"):
+        StanceModel(tiny_model.folder)
+
+
 def test_predict_shape_and_probabilities(tiny_model):
     m = StanceModel(tiny_model.folder)
     preds = m.predict(["Japan will not back down.", "Rain is expected."], ["", None])
