@@ -9,7 +9,8 @@ other (never concurrently), on three workloads (--workloads picks some):
 The pipeline baseline is a BertForSequenceClassification with the served model's encoder weights
 and one 6-way head, the same compute as our two 3-way heads. The last row runs `stancewatch score
 --unit sentence` on the same sentences as a fresh process (start-up, model load, language
-detection and the Parquet output included) against the same naive baseline.
+detection and the Parquet output included), each run against a naive-pipeline run timed just
+before it (see below).
 
 The issue's whole-process check is 6,000 sentences (the default --n): at 2,000 the fixed start-up
 costs are half of that run. On int8 the near-tie rescue is part of every "ours" row, and the share
@@ -140,47 +141,44 @@ def shape_churn_rss(model, sentences: list[str], marks=(50, 200, 400, 600), seed
     return out
 
 
+def write_jsonl(path: Path, sentences: list[str]) -> Path:
+    """The sentences as `stancewatch score` input records {"id", "text"}."""
+    import json
+
+    path.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(sentences)), encoding="utf-8")
+    return path
+
+
+def score_process(folder: Path, src: Path, out: Path, env: dict[str, str], backend: str = "auto"):
+    """(wall s, the child's resource usage) of one fresh `stancewatch score --unit sentence` process
+    with `env` added to this environment; os.wait4 gives that child's own CPU time and peak RSS."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "stancewatch.cli", "score", str(src), "--unit", "sentence", "--model", str(folder)]
+    cmd += ["--backend", backend, "--out", str(out), "--no-progress"]
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=REPO, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stancewatch score exited with {proc.returncode}: {' '.join(cmd)}")
+    return wall, usage
+
+
 def whole_process(folder: Path, sentences: list[str], threads: int) -> float:
     """Sentences/s of `stancewatch score --unit sentence` as a fresh process: start-up, model load,
     reading, language detection, scoring and writing Parquet all included (what a user waits for)."""
-    import json
-    import subprocess
+    import resource
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="stancewatch-bench-") as tmp:
-        src = Path(tmp) / "in.jsonl"
-        src.write_text(
-            "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(sentences)), encoding="utf-8"
-        )
-        env = {**os.environ, "STANCEWATCH_THREADS": str(threads)}
-        import resource
-
-        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "stancewatch.cli",
-                "score",
-                str(src),
-                "--unit",
-                "sentence",
-                "--model",
-                str(folder),
-                "--out",
-                str(Path(tmp) / "out.parquet"),
-                "--no-progress",
-            ],
-            check=True,
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-        )
-        wall = time.perf_counter() - started
-        me2, kids2 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        src = write_jsonl(Path(tmp) / "in.jsonl", sentences)
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        wall, usage = score_process(folder, src, Path(tmp) / "out.parquet", {"STANCEWATCH_THREADS": str(threads)})
+        me2 = resource.getrusage(resource.RUSAGE_SELF)
         print(
-            f"fresh process: {wall:.1f} s wall, its CPU {kids2.ru_utime - kids.ru_utime + kids2.ru_stime - kids.ru_stime:.1f} s; "
+            f"fresh process: {wall:.1f} s wall, its CPU {usage.ru_utime + usage.ru_stime:.1f} s; "
             f"this process's CPU meanwhile {me2.ru_utime - me.ru_utime + me2.ru_stime - me.ru_stime:.2f} s"
         )
         return len(sentences) / wall
@@ -198,11 +196,11 @@ def paired_whole_process(
     folder: Path, sentences: list[str], threads: int, pipe, naive_n: int, pairs: int
 ) -> tuple[float, list[float]]:
     """The fresh-process rate (median of `pairs` runs) and, per run, its ratio to a naive-pipeline
-    run (its first `naive_n` sentences) timed just before it. The naive pipeline's speed drifts by
-    up to a third within minutes on these shared machines (65-115 sentences/s in one day) while
-    ours moves by about a tenth, so a ratio against one naive figure taken minutes earlier measures
-    the drift as much as the code; pairing each run with its own baseline is how farm-bench --vs
-    keeps A/B ratios honest. A single-sentence pipeline call leaves TOKENIZERS_PARALLELISM alone
+    run (its first `naive_n` sentences) timed just before it. Both drift on these shared machines
+    (the naive pipeline 58-115 sentences/s on one day, a fresh long run 10.4-21.5 s), and not by the
+    same factor, so a ratio against one naive figure taken minutes earlier measures the drift as
+    much as the code; pairing each run with its own baseline is how farm-bench --vs keeps A/B
+    ratios honest. A single-sentence pipeline call leaves TOKENIZERS_PARALLELISM alone
     (only list inputs set it), so the fresh process gets the user's environment."""
     rates, ratios = [], []
     for _ in range(max(1, pairs)):

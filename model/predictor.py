@@ -218,11 +218,10 @@ class StanceModel:
         self.threads = threads or default_threads()
         self.encoder = InputEncoder.from_folder(self.folder, self.max_length)
         # Padded tokens per inference batch ($STANCEWATCH_BATCH_TOKENS). 2,048 beat the earlier 8,192
-        # on both backends (MiniLM, 2-core EPYC with VNNI, 2026-12-03, outputs identical):
-        # `stancewatch score` of 6,000 sentences, int8, fresh processes, 8 alternating pairs: median
-        # wall ratio 0.945 (long) and 0.960 (news), peak RSS 1.1 instead of 1.7 GB; torch fp32
-        # in-process 141-149 against 116-126 sentences/s. Probably because smaller batches keep a
-        # layer's activations in the cores' caches (not profiled). bench/batch_tokens.py compares two.
+        # (bench/batch_tokens.py: fresh `stancewatch score` processes, 6,000 sentences, MiniLM int8,
+        # 2-core EPYC with VNNI, 2026-12-03): median wall ratio 0.851 (long) and 0.948 (news), peak
+        # RSS 1.13 instead of 1.65 GB (long), the same labels. Probably because smaller batches keep a
+        # layer's activations in the cores' caches (not profiled). torch: no loss (README).
         self.max_tokens = settings.get("BATCH_TOKENS")
         self.max_batch = 128
         self.backend = self._make_backend(backend, precision)

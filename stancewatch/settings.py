@@ -119,13 +119,14 @@ VARIABLES: tuple[Variable, ...] = (
         minimum=1,
         used_by="service, score, Ray actors",
     ),
-    # 2,048 (was 8,192): faster on both backends and 0.6 GB less peak memory when scoring; the
-    # measurement is at StanceModel.__init__ (model/predictor.py) and in bench/batch_tokens.py.
+    # 2,048 (was 8,192): faster and 0.4-0.5 GB less peak memory when scoring (bench/batch_tokens.py;
+    # the figures are at StanceModel.__init__ in model/predictor.py and in the README).
     Variable(
         "BATCH_TOKENS",
         "int",
         2048,
-        "Padded tokens per inference batch (sentences sorted by length, at most 128 per batch).",
+        "Padded tokens per inference batch, sentences sorted by length (at most 128 sentences; OpenVINO "
+        "batches have at least 8, so a budget under 8 x the width is exceeded).",
         minimum=1,
         used_by="service, score, Ray actors",
     ),

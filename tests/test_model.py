@@ -86,6 +86,7 @@ def test_predictions_are_in_input_order_whatever_the_batching(tiny_model):
 
 
 def test_batch_budget_is_read_from_its_setting(tiny_model, monkeypatch):
+    monkeypatch.delenv("STANCEWATCH_BATCH_TOKENS", raising=False)
     assert StanceModel(tiny_model.folder).max_tokens == 2048
     monkeypatch.setenv("STANCEWATCH_BATCH_TOKENS", "512")
     assert StanceModel(tiny_model.folder).max_tokens == 512

@@ -620,3 +620,15 @@ def test_actors_get_the_fp32_ir_with_int8(tmp_path):
     assert all(
         "tokenizer.json" in s and "model.safetensors" not in s and "eval/report.json" not in s for s in shipped.values()
     )
+
+
+def test_actors_use_the_drivers_batch_budget(tmp_path, tiny_model, monkeypatch):
+    """A remote node has its own environment: the driver's STANCEWATCH_BATCH_TOKENS travels with the actor."""
+    from stancewatch.scoring.ray_engine import Scorer, read_model_folder
+
+    for name in ("RAYON_NUM_THREADS", "RAYON_RS_NUM_CPUS", "OMP_NUM_THREADS"):  # the actor caps these
+        monkeypatch.setenv(name, os.environ.get(name, "1"))
+    monkeypatch.delenv("STANCEWATCH_BATCH_TOKENS", raising=False)
+    files = read_model_folder(tiny_model.folder, "torch")
+    assert Scorer(files, tiny_model.tag, "torch", 1, 640).model.max_tokens == 640
+    assert Scorer(files, tiny_model.tag, "torch", 1).model.max_tokens == 2048

@@ -132,7 +132,14 @@ def cap_threads(threads: int) -> None:
 class Scorer:
     """One model replica on a Ray worker: built once from the shipped model files, then scores slices."""
 
-    def __init__(self, files: dict[str, bytes], tag: str, backend: str = "auto", threads: int = 1):
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        tag: str,
+        backend: str = "auto",
+        threads: int = 1,
+        batch_tokens: int | None = None,
+    ):
         started = time.perf_counter()
         cap_threads(threads)
         from stancewatch.model.predictor import StanceModel
@@ -140,6 +147,8 @@ class Scorer:
         folder = Path(tempfile.mkdtemp(prefix="stancewatch-model-"))
         try:
             self.model = StanceModel(write_model_folder(files, folder), backend=backend, threads=threads, tag=tag)
+            if batch_tokens is not None:  # the driver's STANCEWATCH_BATCH_TOKENS: a remote node has its own environment
+                self.model.max_tokens = batch_tokens
             self.model.read(["Warm-up."], [None])  # loads the language models now, not inside the first slice
         finally:
             # The pool ends actors with ray.kill, which runs no exit handler, so nothing later would
@@ -379,13 +388,14 @@ class ActorPool:
     ):
         self.ray, self.batch_size, self.n_targets, self.warn = ray, batch_size, n_targets, warn
         files = ray.put(read_model_folder(model_folder, backend))  # once per job; every actor reads the same object
+        batch_tokens = settings.get("BATCH_TOKENS")
         remote = ray.remote(Scorer)
         self.actors: dict[int, object] = {}
         for i, opts in enumerate(plan):
             opts = dict(opts)
             threads = opts.pop("threads")
             self.actors[i] = remote.options(max_restarts=0, max_task_retries=0, **opts).remote(
-                files, tag, backend, threads
+                files, tag, backend, threads, batch_tokens
             )
         self.started = len(self.actors)
         self.created = time.perf_counter()
