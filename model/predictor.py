@@ -208,6 +208,7 @@ class StanceModel:
         threads: int | None = None,
         tag: str | None = None,
         precision: str | None = None,
+        batch_tokens: int | None = None,
     ):
         self.folder = Path(folder)
         self.tag = tag or self.folder.name
@@ -222,7 +223,7 @@ class StanceModel:
         # 2-core EPYC with VNNI, 2026-12-03): median wall ratio 0.851 (long) and 0.948 (news), peak
         # RSS 1.13 instead of 1.65 GB (long), the same labels. Probably because smaller batches keep a
         # layer's activations in the cores' caches (not profiled). torch: no loss (README).
-        self.max_tokens = settings.get("BATCH_TOKENS")
+        self.max_tokens = batch_tokens or settings.get("BATCH_TOKENS")
         self.max_batch = 128
         self.backend = self._make_backend(backend, precision)
         self.pad_step = getattr(self.backend, "length_step", 1)

@@ -146,9 +146,10 @@ class Scorer:
 
         folder = Path(tempfile.mkdtemp(prefix="stancewatch-model-"))
         try:
-            self.model = StanceModel(write_model_folder(files, folder), backend=backend, threads=threads, tag=tag)
-            if batch_tokens is not None:  # the driver's STANCEWATCH_BATCH_TOKENS: a remote node has its own environment
-                self.model.max_tokens = batch_tokens
+            # batch_tokens: the driver's STANCEWATCH_BATCH_TOKENS (a remote node has its own environment).
+            self.model = StanceModel(
+                write_model_folder(files, folder), backend=backend, threads=threads, tag=tag, batch_tokens=batch_tokens
+            )
             self.model.read(["Warm-up."], [None])  # loads the language models now, not inside the first slice
         finally:
             # The pool ends actors with ray.kill, which runs no exit handler, so nothing later would
