@@ -409,9 +409,20 @@ def _send_and_leave(url: str, body: bytes) -> socket.socket:
     return s
 
 
-def _in_progress(url: str, endpoint: str = "/predict_document") -> float:
-    """BentoML's gauge of requests in progress on `endpoint` (from /metrics)."""
-    text = requests.get(f"{url}/metrics", timeout=10).text
+def _in_progress(url: str, endpoint: str = "/predict_document", unanswered: float | None = None) -> float:
+    """BentoML's gauge of requests in progress on `endpoint` (from /metrics).
+
+    In a polling loop pass `unanswered`: the value to assume when /metrics does not answer within 3 s,
+    so the loop polls again instead of failing. A CI run once had /metrics not answer for 10 s while
+    the worker scored a document (8 ms here, one probe every 10 ms through the same document), and
+    the test failed on the probe instead of on what it checks. Without it, a slow answer raises.
+    """
+    try:
+        text = requests.get(f"{url}/metrics", timeout=3 if unanswered is not None else 10).text
+    except requests.Timeout:
+        if unanswered is None:
+            raise
+        return unanswered
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -426,7 +437,7 @@ def test_sigterm_with_a_long_request_in_flight_stops_within_10_s(tiny_model):
     conn = _send_and_leave(url, json.dumps({"text": LONG_DOCUMENT}).encode())
     try:
         deadline = time.time() + 60  # wait until the document is being scored (its first batches ran)
-        while time.time() < deadline and _in_progress(url) < 1:
+        while time.time() < deadline and _in_progress(url, unanswered=0) < 1:
             time.sleep(0.2)
         time.sleep(1.0)
         os.kill(proc.pid, signal.SIGTERM)
@@ -456,17 +467,17 @@ def test_sigterm_lets_a_request_in_flight_finish_within_the_grace_period(tiny_mo
     """The other half of the bound: a request shorter than the grace period is answered, not cut off."""
     proc, url = _start(
         [sys.executable, "-m", "stancewatch.cli", "serve"],
-        _env(tiny_model, STANCEWATCH_BATCH_ITEMS="2", STANCEWATCH_SHUTDOWN_GRACE_S="30"),
+        _env(tiny_model, STANCEWATCH_BATCH_ITEMS="1", STANCEWATCH_SHUTDOWN_GRACE_S="60"),
     )
     workers = _descendants(proc.pid)
-    # The sentence limit, in 1,000 batches of 2: seconds of work, so it is surely still running when
-    # the signal comes (a busy machine can be slow to answer /metrics), and well within the grace.
+    # The sentence limit, in 2,000 batches of 1: about 15 s of work here, so it is surely still running
+    # when the signal comes (a busy machine can be slow to answer /metrics), and well within the grace.
     text = "Tokyo stands firm on Taiwan. " * 2000
     try:
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(requests.post, f"{url}/predict_document", json={"text": text}, timeout=120)
             deadline = time.time() + 30
-            while time.time() < deadline and _in_progress(url) < 1 and not answer.done():
+            while time.time() < deadline and _in_progress(url, unanswered=0) < 1 and not answer.done():
                 time.sleep(0.05)
             in_flight = not answer.done()
             os.kill(proc.pid, signal.SIGTERM)
@@ -474,7 +485,7 @@ def test_sigterm_lets_a_request_in_flight_finish_within_the_grace_period(tiny_mo
         assert in_flight, "the document was answered before SIGTERM: the test did not exercise the grace period"
         assert r.status_code == 200, r.text[:300]
         assert len(r.json()["sentences"]) == 2000
-        proc.wait(40)
+        proc.wait(70)
     finally:
         for p in workers | {proc.pid}:
             if _alive(p):
@@ -490,7 +501,7 @@ def test_a_client_that_disconnects_stops_its_work(tiny_model):
     try:
         conn = _send_and_leave(url, json.dumps({"text": LONG_DOCUMENT}).encode())
         deadline = time.time() + 60
-        while time.time() < deadline and _in_progress(url) < 1:
+        while time.time() < deadline and _in_progress(url, unanswered=0) < 1:
             time.sleep(0.2)
         conn.close()
         deadline = time.time() + 60
@@ -500,7 +511,7 @@ def test_a_client_that_disconnects_stops_its_work(tiny_model):
         assert "status=499" in log.read_text(errors="replace")
         # Nothing of it is left running: the request is no longer in progress.
         deadline = time.time() + 60
-        while time.time() < deadline and _in_progress(url) > 0:
+        while time.time() < deadline and _in_progress(url, unanswered=1) > 0:
             time.sleep(0.2)
         assert _in_progress(url) == 0
         r = requests.post(f"{url}/predict", json={"sentences": ["Still serving."]}, timeout=30)
