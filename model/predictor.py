@@ -15,7 +15,6 @@ A model artefact is a folder:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,13 +35,9 @@ BACKENDS = ("auto", "torch", "openvino")
 
 def default_threads() -> int:
     """Threads for inference: $STANCEWATCH_THREADS, else the CPUs this process may use."""
-    threads = settings.get("THREADS")
-    if threads:
-        return threads
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    from stancewatch.model.runtime import usable_cpus
+
+    return settings.get("THREADS") or usable_cpus()
 
 
 @dataclass
@@ -198,6 +193,17 @@ class TorchBackend:
 # ---- the predictor ----------------------------------------------------------------------------
 
 
+def locate(ref: str | Path | None = None) -> tuple[Path, str]:
+    """The folder and tag of a version, without loading it: `ref` an artefact folder (tag: its name)
+    or a tag in the model store (default: production, else latest). Raises store.ModelNotFound."""
+    if ref is not None and Path(ref).is_dir() and (Path(ref) / SETTINGS_FILE).exists():
+        return Path(ref), Path(ref).name
+    from stancewatch.model import store
+
+    bento_model = store.resolve(None if ref is None else str(ref))
+    return Path(bento_model.path), str(bento_model.tag)
+
+
 class StanceModel:
     """Predicts, for each sentence, a label and calibrated probabilities for every target."""
 
@@ -252,12 +258,8 @@ class StanceModel:
     @classmethod
     def load(cls, ref: str | Path | None = None, backend: str = "auto", threads: int | None = None) -> StanceModel:
         """Load from an artefact folder, or from the model store by tag (default: production, else latest)."""
-        if ref is not None and Path(ref).is_dir() and (Path(ref) / SETTINGS_FILE).exists():
-            return cls(Path(ref), backend=backend, threads=threads)
-        from stancewatch.model import store
-
-        bento_model = store.resolve(None if ref is None else str(ref))
-        return cls(Path(bento_model.path), backend=backend, threads=threads, tag=str(bento_model.tag))
+        folder, tag = locate(ref)
+        return cls(folder, backend=backend, threads=threads, tag=tag)
 
     @property
     def temperatures(self) -> np.ndarray:

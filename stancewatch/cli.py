@@ -230,14 +230,16 @@ def evaluate(
         console.print(f"report written to {out}", highlight=False)
 
 
-def _load_model(ref: Optional[str], backend: str = "auto"):
-    from stancewatch.model.predictor import BACKENDS, StanceModel
+def _load_model(ref: Optional[str], backend: str = "auto", load: bool = True):
+    """The model `ref` names; with `load=False` only its (folder, tag): the Ray engine's driver runs no
+    model (its actors load their own), and compiling one there took CPU from the actors at start-up."""
+    from stancewatch.model.predictor import BACKENDS, StanceModel, locate
     from stancewatch.model.store import ModelNotFound
 
     if backend not in BACKENDS:
         _fail(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}", 2)
     try:
-        return StanceModel.load(ref, backend=backend)
+        return StanceModel.load(ref, backend=backend) if load else locate(ref)
     except (ModelNotFound, FileNotFoundError) as exc:
         _fail(str(exc), 1)
 
@@ -634,7 +636,11 @@ def score(
             output_format(doc_summary)
     except (InputError, OutputError) as exc:
         _fail(str(exc), 2)
-    m = _load_model(model, backend)
+    if engine == "ray":
+        model_folder, model_tag = _load_model(model, backend, load=False)
+    else:
+        m = _load_model(model, backend)
+        model_tag = m.tag
     bar = tqdm(
         total=count_items(list(inputs)) if progress else None,
         unit="doc",
@@ -678,8 +684,8 @@ def score(
                 result = score_ray(
                     list(inputs),
                     out,
-                    m.folder,
-                    tag=m.tag,
+                    model_folder,
+                    tag=model_tag,
                     backend=backend,
                     ray_address=ray_address,
                     num_actors=ray_actors,
@@ -700,7 +706,7 @@ def score(
     if result.items_resumed:
         console.print(f"resumed after {result.items_resumed} input records done earlier", highlight=False)
     console.print(
-        f"model {m.tag}: {result.documents} documents, {result.sentences} sentences, "
+        f"model {model_tag}: {result.documents} documents, {result.sentences} sentences, "
         f"{result.rejected} rejected records in {result.elapsed_s:.1f} s "
         f"({result.documents_this_run / secs:.1f} documents/s, {result.sentences_this_run / secs:.1f} "
         f"sentences/s this run)",

@@ -32,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -102,7 +102,12 @@ def read_model_folder(folder: str | Path, backend: str | None = None) -> dict[st
     return files
 
 
-def write_model_folder(files: dict[str, bytes], folder: Path) -> Path:
+def as_arrays(files: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """The same files as read-only uint8 arrays over the same memory (what the object store ships best)."""
+    return {rel: np.frombuffer(data, dtype=np.uint8) for rel, data in files.items()}
+
+
+def write_model_folder(files: Mapping[str, bytes | np.ndarray], folder: Path) -> Path:
     """Recreate a folder written by `read_model_folder`; paths must stay inside `folder`."""
     root = folder.resolve()
     for rel, data in files.items():
@@ -134,7 +139,7 @@ class Scorer:
 
     def __init__(
         self,
-        files: dict[str, bytes],
+        files: Mapping[str, bytes | np.ndarray],
         tag: str,
         backend: str = "auto",
         threads: int = 1,
@@ -388,7 +393,10 @@ class ActorPool:
         warn: Callable[[str], None],
     ):
         self.ray, self.batch_size, self.n_targets, self.warn = ray, batch_size, n_targets, warn
-        files = ray.put(read_model_folder(model_folder, backend))  # once per job; every actor reads the same object
+        # Once per job; every actor reads the same object. As uint8 arrays, not bytes: Ray stores arrays
+        # out of band and actors map them without a copy (114 MB of MiniLM int8 + fp32 IR, one local Ray
+        # on the 2-core EPYC: put 0.04 s against 0.19-0.26 s, an actor's get 0.004 s against 0.06-0.19 s).
+        files = ray.put(as_arrays(read_model_folder(model_folder, backend)))
         batch_tokens = settings.get("BATCH_TOKENS")
         remote = ray.remote(Scorer)
         self.actors: dict[int, object] = {}
