@@ -89,10 +89,11 @@ def pin_threads(threads: int, cpus: int | None = None) -> bool:
 
     OpenVINO pins a stream's threads to cores counted from the first, knowing nothing of other
     processes. Two one-thread processes on one host (two Ray actors, two service workers) were then
-    both pinned to core 0 and shared it: measured on the 2-core EPYC, 2,000 long sentences each, the
-    full default model in int8, both at once: 10.1 s wall and 5.2 s CPU each with pinning, 5.9-6.0 s
-    wall without (1.7-1.9x). A process that uses all its CPUs keeps pinning: one two-thread process on
-    4,000 sentences ran 5.8-6.3 s pinned against 6.1-6.5 s unpinned (three alternating pairs).
+    both pinned to core 0 and shared it. bench/pinning.py (2-core EPYC, the full default model in
+    int8, two replicas on 2,000 long sentences each, at once, 3 alternating pairs): 11.3-12.2 s wall
+    and 5.8-6.3 s CPU each with pinning forced on, 5.5-6.2 s wall without; median wall ratio 0.519.
+    A process that uses all its CPUs keeps pinning: one two-thread process on 4,000 sentences ran
+    5.8-6.3 s pinned against 6.1-6.5 s unpinned (three alternating pairs, a scratch script).
     """
     return threads >= (usable_cpus() if cpus is None else cpus)
 
