@@ -4,9 +4,10 @@ threads than its CPUs), in one run.
 
 Each side starts two fresh processes at once, each with `StanceModel(threads=1)` on its own half of
 the same sentences (bench/throughput.py's workloads); both load and warm up, then start
-`predict_arrays` at the same moment. Per process it prints the inference wall and CPU seconds; per
-pair the slower process's wall for each side. The sides alternate which goes first, and the result
-is the median of the pairwise wall ratios (choice / forced). A process that gets a core of its own
+`predict_arrays` at the same moment (a replica that reaches the start late stops the bench). Per
+process it prints the inference wall and CPU seconds and the pinning its compiled model reports;
+per pair the ratio of the slower process's wall on each side. The sides alternate which goes
+first, and the result is the median of the pairwise wall ratios (choice / forced). A process that gets a core of its own
 has CPU about equal to wall; two processes pinned to one core each get about half of it.
 
     python bench/pinning.py [--model TAG] [--n 4000] [--pairs 3] [--workload long|news]
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,11 +47,14 @@ from stancewatch.model.predictor import StanceModel
 texts = json.load(open(sys.argv[2]))
 m = StanceModel(sys.argv[1], threads=1)
 m.predict_arrays(texts[:16], None)
+late = time.time() - float(sys.argv[3])  # > 0: loading took longer than the wait
 while time.time() < float(sys.argv[3]):
     time.sleep(0.005)
 wall, cpu = time.perf_counter(), time.process_time()
 m.predict_arrays(texts, None)
-print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}))
+pinned = bool(m.backend.compiled.get_property("ENABLE_CPU_PINNING"))
+print(json.dumps({"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu, "late": late,
+                  "pinned": pinned, "backend": m.backend.name}))
 """
 
 
@@ -74,8 +79,12 @@ def replicas(folder: Path, halves: list[Path], force_pin: bool) -> list[dict]:
         if p.returncode:
             raise SystemExit(f"a replica failed (exit {p.returncode})")
         out.append(json.loads(stdout.strip().splitlines()[-1]))
-    if time.time() < start:
-        raise SystemExit("the replicas finished before the common start: raise the wait")
+    if any(r["late"] > 0.05 for r in out):
+        raise SystemExit(
+            f"a replica was loaded {max(r['late'] for r in out):.2f} s after the common start: raise the wait"
+        )
+    if any(r["backend"] != "openvino" for r in out):
+        raise SystemExit("the model does not run on OpenVINO here: pinning is not in play")
     return out
 
 
@@ -107,10 +116,11 @@ def main() -> None:
             runs = replicas(folder, halves, force)
             walls[force] = max(r["wall"] for r in runs)
             side = "pinning forced on" if force else "pin_threads choice"
-            detail = ", ".join(f"wall {r['wall']:.2f} s cpu {r['cpu']:.2f} s" for r in runs)
+            detail = ", ".join(f"wall {r['wall']:.2f} s cpu {r['cpu']:.2f} s pinned {r['pinned']}" for r in runs)
             print(f"pair {pair + 1} {side:>19}: {detail}")
         ratios.append(walls[False] / walls[True])
         print(f"pair {pair + 1}: wall ratio choice / forced {ratios[-1]:.3f}")
+    shutil.rmtree(work, ignore_errors=True)
     print(
         f"median wall ratio choice / forced over {len(ratios)} pairs: {statistics.median(ratios):.3f} "
         f"(range {min(ratios):.3f}-{max(ratios):.3f})"

@@ -204,6 +204,23 @@ def locate(ref: str | Path | None = None) -> tuple[Path, str]:
     return Path(bento_model.path), str(bento_model.tag)
 
 
+def check_folder(folder: Path, backend: str = "auto") -> None:
+    """Fail now, naming the file, where loading `folder` with `backend` would fail for a missing file:
+    for a process that ships the folder elsewhere (the Ray driver) instead of loading it."""
+    folder = Path(folder)
+    for name in ("schema.json", SETTINGS_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} is missing; {folder} is not a complete model version")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    runtime = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8")).get("runtime", {})
+    chosen = runtime.get("backend", "torch") if backend == "auto" else backend
+    if chosen == "openvino" and not (folder / "openvino" / "model.xml").is_file():
+        raise FileNotFoundError(
+            f"{folder / 'openvino' / 'model.xml'} is missing; the version was not exported for OpenVINO"
+        )
+
+
 class StanceModel:
     """Predicts, for each sentence, a label and calibrated probabilities for every target."""
 

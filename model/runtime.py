@@ -92,8 +92,9 @@ def pin_threads(threads: int, cpus: int | None = None) -> bool:
     both pinned to core 0 and shared it. bench/pinning.py (2-core EPYC, the full default model in
     int8, two replicas on 2,000 long sentences each, at once, 3 alternating pairs): 11.3-12.2 s wall
     and 5.8-6.3 s CPU each with pinning forced on, 5.5-6.2 s wall without; median wall ratio 0.519.
-    A process that uses all its CPUs keeps pinning: one two-thread process on 4,000 sentences ran
-    5.8-6.3 s pinned against 6.1-6.5 s unpinned (three alternating pairs, a scratch script).
+    A process that uses all its CPUs keeps pinning, which was not worse there: one two-thread process
+    on 4,000 sentences ran 5.8-6.3 s pinned against 6.1-6.5 s unpinned (three alternating pairs, a
+    scratch script; the ranges overlap).
     """
     return threads >= (usable_cpus() if cpus is None else cpus)
 

@@ -230,18 +230,38 @@ def evaluate(
         console.print(f"report written to {out}", highlight=False)
 
 
-def _load_model(ref: Optional[str], backend: str = "auto", load: bool = True):
-    """The model `ref` names; with `load=False` only its (folder, tag): the Ray engine's driver runs no
-    model (its actors load their own), and compiling one there took CPU from the actors at start-up."""
-    from stancewatch.model.predictor import BACKENDS, StanceModel, locate
-    from stancewatch.model.store import ModelNotFound
+def _check_backend(backend: str) -> None:
+    from stancewatch.model.predictor import BACKENDS
 
     if backend not in BACKENDS:
         _fail(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}", 2)
+
+
+def _load_model(ref: Optional[str], backend: str = "auto"):
+    from stancewatch.model.predictor import StanceModel
+    from stancewatch.model.store import ModelNotFound
+
+    _check_backend(backend)
     try:
-        return StanceModel.load(ref, backend=backend) if load else locate(ref)
+        return StanceModel.load(ref, backend=backend)
     except (ModelNotFound, FileNotFoundError) as exc:
         _fail(str(exc), 1)
+
+
+def _locate_model(ref: Optional[str], backend: str = "auto") -> tuple[Path, str]:
+    """The folder and tag of the model `ref` names, its files checked but no model built: the Ray
+    engine's driver runs no model (its actors load their own), and compiling one there took CPU from
+    the actors at start-up. A missing file fails here, before Ray starts, as it did in the driver."""
+    from stancewatch.model.predictor import check_folder, locate
+    from stancewatch.model.store import ModelNotFound
+
+    _check_backend(backend)
+    try:
+        folder, tag = locate(ref)
+        check_folder(folder, backend)
+    except (ModelNotFound, FileNotFoundError) as exc:
+        _fail(str(exc), 1)
+    return folder, tag
 
 
 @app.command()
@@ -637,7 +657,7 @@ def score(
     except (InputError, OutputError) as exc:
         _fail(str(exc), 2)
     if engine == "ray":
-        model_folder, model_tag = _load_model(model, backend, load=False)
+        model_folder, model_tag = _locate_model(model, backend)
     else:
         m = _load_model(model, backend)
         model_tag = m.tag

@@ -342,6 +342,30 @@ def test_unreachable_ray_is_a_clear_error_and_leaves_nothing(tmp_path, tiny_mode
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "home") == ["news.tar.gz"]
 
 
+def test_a_model_the_actors_could_not_load_fails_in_the_driver_before_ray(tmp_path, tiny_model):
+    """The driver no longer builds the model, but still checks its files: a missing version or file is
+    named before Ray is touched (the address below answers nothing, so reaching Ray would say that)."""
+    src = _archive(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = _ray_env(tmp_path / "home", tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model.folder, broken)
+    (broken / "schema.json").unlink()
+    cases = [
+        (["--model", "stancewatch:nosuchversion"], "nosuchversion"),
+        (["--model", str(broken)], "schema.json is missing"),
+        (["--model", tiny_model.tag, "--backend", "openvino"], "the version was not exported for OpenVINO"),
+    ]
+    for extra, message in cases:
+        args = [str(src), "--out", str(tmp_path / "o.parquet"), "--engine", "ray", "--ray-address", f"127.0.0.1:{port}"]
+        r = _cli(args + extra, env)
+        assert r.returncode == 1, (extra, r.stdout + r.stderr)
+        assert message in r.stdout + r.stderr and "cannot reach Ray" not in r.stdout + r.stderr, r.stderr[-500:]
+        assert not (tmp_path / "o.parquet").exists()
+
+
 def test_private_local_ray_leaves_no_auth_token(tmp_path, tiny_model):
     """A Ray started for one run must not write ~/.ray/auth_token: later `ray start`s would pick it up."""
     src = _archive(tmp_path)
@@ -624,11 +648,16 @@ def test_actors_get_the_fp32_ir_with_int8(tmp_path):
 
 def test_actors_use_the_drivers_batch_budget(tmp_path, tiny_model, monkeypatch):
     """A remote node has its own environment: the driver's STANCEWATCH_BATCH_TOKENS travels with the actor."""
-    from stancewatch.scoring.ray_engine import Scorer, read_model_folder
+    from stancewatch.scoring.ray_engine import Scorer, as_arrays, read_model_folder, write_model_folder
 
     for name in ("RAYON_NUM_THREADS", "RAYON_RS_NUM_CPUS", "OMP_NUM_THREADS"):  # the actor caps these
         monkeypatch.setenv(name, os.environ.get(name, "1"))
     monkeypatch.delenv("STANCEWATCH_BATCH_TOKENS", raising=False)
-    files = read_model_folder(tiny_model.folder, "torch")
+    # The driver ships read-only uint8 arrays (what Ray hands an actor); they must write back byte for byte.
+    raw = read_model_folder(tiny_model.folder, "torch")
+    files = as_arrays(raw)
+    assert not any(a.flags.writeable for a in files.values())
+    copy = write_model_folder(files, tmp_path / "copy")
+    assert {rel: (copy / rel).read_bytes() for rel in raw} == raw
     assert Scorer(files, tiny_model.tag, "torch", 1, 640).model.max_tokens == 640
     assert Scorer(files, tiny_model.tag, "torch", 1).model.max_tokens == 2048

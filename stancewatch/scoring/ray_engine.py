@@ -428,7 +428,7 @@ class ActorPool:
                 self.info[i] = self.ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - RayActorError, RuntimeEnvSetupError, ...
                 raise RayEngineError(
-                    f"scoring actor {i + 1} of {self.started} could not start: {_first_line(exc)}"
+                    f"scoring actor {i + 1} of {self.started} could not start: {_cause_line(exc)}"
                 ) from None
         self._ready = {}
         self.timings["actors_ready_s"] = time.perf_counter() - self.created
@@ -549,6 +549,16 @@ def _finish(r: _Round, schema: pa.Schema, n_targets: int) -> tuple[Chunk, pa.Tab
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _cause_line(exc: BaseException) -> str:
+    """The exception line ("FileNotFoundError: ...") of an error Ray reports with the remote traceback,
+    where the first line only says that the actor's creation task failed; else the first line."""
+    for line in reversed(str(exc).strip().splitlines()):
+        name = line.strip().split(":", 1)[0]
+        if ":" in line and name.replace(".", "").replace("_", "").isalnum() and name.endswith(("Error", "Exception")):
+            return line.strip()[:300]
+    return _first_line(exc)
 
 
 def _stderr(message: str) -> None:
