@@ -204,6 +204,12 @@ def locate(ref: str | Path | None = None) -> tuple[Path, str]:
     return Path(bento_model.path), str(bento_model.tag)
 
 
+def chosen_backend(runtime: dict, backend: str = "auto") -> str:
+    """The backend a version runs on: `backend` as asked, "auto" the one training recorded in its
+    runtime settings (torch for versions made before there was a choice)."""
+    return runtime.get("backend", "torch") if backend == "auto" else backend
+
+
 def check_folder(folder: Path, backend: str = "auto") -> None:
     """Fail now, naming the file, where loading `folder` with `backend` would fail for a missing file:
     for a process that ships the folder elsewhere (the Ray driver) instead of loading it."""
@@ -211,11 +217,8 @@ def check_folder(folder: Path, backend: str = "auto") -> None:
     for name in ("schema.json", SETTINGS_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing; {folder} is not a complete model version")
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     runtime = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8")).get("runtime", {})
-    chosen = runtime.get("backend", "torch") if backend == "auto" else backend
-    if chosen == "openvino" and not (folder / "openvino" / "model.xml").is_file():
+    if chosen_backend(runtime, backend) == "openvino" and not (folder / "openvino" / "model.xml").is_file():
         raise FileNotFoundError(
             f"{folder / 'openvino' / 'model.xml'} is missing; the version was not exported for OpenVINO"
         )
@@ -259,8 +262,7 @@ class StanceModel:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         runtime = self.settings.get("runtime", {})
-        if backend == "auto":
-            backend = runtime.get("backend", "torch")
+        backend = chosen_backend(runtime, backend)
         if backend == "openvino":
             from stancewatch.model.runtime import OpenVINOBackend, run_precision
 

@@ -63,11 +63,13 @@ def needed_files(folder: Path, backend: str = "auto") -> Callable[[str], bool]:
     object-store memory small."""
     import json
 
+    from stancewatch.model.predictor import chosen_backend
+
     try:
         runtime = json.loads((folder / "stancewatch.json").read_text(encoding="utf-8")).get("runtime", {})
     except (OSError, ValueError):
         runtime = {}
-    chosen = runtime.get("backend", "torch") if backend == "auto" else backend
+    chosen = chosen_backend(runtime, backend)
     int8 = runtime.get("precision", "int8") == "int8"
     # int8 also needs the fp32 IR: for the near-tie rescue, and on a worker whose CPU lacks VNNI/AMX,
     # where the actor runs the fp32 IR instead (model/runtime.py, run_precision).
