@@ -620,7 +620,9 @@ def score(
         "date", "--date-fields", help="Kept fields that must be ISO 8601 dates (one that does not parse is a reject)."
     ),
     engine: str = typer.Option(
-        "local", "--engine", help="local: this process | ray: Ray Data (local Ray or --ray-address)."
+        "local",
+        "--engine",
+        help="local: this process | ray: model replicas on Ray actors (local Ray or --ray-address).",
     ),
     ray_address: Optional[str] = typer.Option(
         None, "--ray-address", help="With --engine ray: ray://host:10001, auto, or none for a local Ray."

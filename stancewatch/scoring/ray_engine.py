@@ -6,7 +6,8 @@ committed to the same part store (`writer.PartStore`: fsync, rejects, document s
 so `--resume` works the same way and the assembled files are the same (row groups, statistics,
 metadata). Only `predict_table` moves: each chunk's sentences are cut into slices of
 `batch_size` and sent to a pool of long-lived actors, each holding one model copy, at most
-`INFLIGHT` slices per actor. Workers never write a file, so it does not matter whether they share
+`INFLIGHT` slices per actor; an actor that cannot start is reported and left out when another
+did. Workers never write a file, so it does not matter whether they share
 a disk with the driver; scored rows come back through the object store and every slice and every
 chunk is checked against the number of sentences sent before it is committed.
 
@@ -421,18 +422,26 @@ class ActorPool:
         }
         self.load: dict[int, int] = {i: 0 for i in self.actors}
         self.info: dict[int, dict] = {}
+        self.failed: dict[int, str] = {}  # actors that could not start: why
         self._ready = {a.ready.remote(): i for i, a in self.actors.items()}
 
     def wait_ready(self) -> None:
-        """Block until every actor has loaded its model; a failed start stops the run, naming why."""
+        """Block until every actor has loaded its model or failed to. One that failed is reported and
+        left out while another started; when none did, the run stops with the reason (a model that
+        no actor can load ends here)."""
         for ref, i in self._ready.items():
             try:
                 self.info[i] = self.ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - RayActorError, RuntimeEnvSetupError, ...
-                raise RayEngineError(
-                    f"scoring actor {i + 1} of {self.started} could not start: {_cause_line(exc)}"
-                ) from None
+                self.actors.pop(i, None)
+                self.load.pop(i, None)
+                self.failed[i] = f"scoring actor {i + 1} of {self.started} could not start: {_cause_line(exc)}"
         self._ready = {}
+        if not self.actors:
+            raise RayEngineError(self.failed[max(self.failed)])
+        for why in self.failed.values():
+            left = len(self.actors)
+            self.warn(f"Ray {why}; scoring goes on with the {left} actor{'s' if left > 1 else ''} left")
         self.timings["actors_ready_s"] = time.perf_counter() - self.created
         self.timings["model_load_s"] = [round(info["load_s"], 2) for info in self.info.values()]
 
@@ -626,9 +635,9 @@ def score_ray(
         elapsed = time.perf_counter() - started
         timings = {k: round(v, 3) if isinstance(v, float) else v for k, v in pool.timings.items()}
         timings["actors"] = pool.started
-        # Share of the actors' CPU time (actors x the scoring part of the run) spent scoring.
+        # Share of the started actors' time (actors x the scoring part of the run) spent scoring.
         scoring = max(1e-9, elapsed - pool.timings["actors_ready_s"])
-        timings["actor_utilisation"] = round(pool.timings["actor_busy_s"] / (pool.started * scoring), 3)
+        timings["actor_utilisation"] = round(pool.timings["actor_busy_s"] / (max(1, len(pool.info)) * scoring), 3)
         return dataclasses.replace(result, elapsed_s=elapsed, timings=timings)
     finally:
         if pool is not None:
