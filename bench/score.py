@@ -10,6 +10,7 @@ Run one benchmark at a time: both sides share the machine's cores.
     python bench/score.py [--model TAG] [--articles 20000] [--big 200000] [--format jsonl.zst|tar.gz|zip]
     python bench/score.py --quick          # 1,000 vs 10,000 articles of 8-12 sentences
     python bench/score.py --ray --articles 400 --sentences 3-5 --big 0   # + the Ray row
+    python bench/score.py --ray --articles 4000 --sentences 8-12 --big 0 --pairs 2   # + 2 alternating pairs
 
 `--ray` adds the Ray engine on the same archive in the same run: a two-node cluster started here on
 127.0.0.1 (`ray start --head` and `ray start --address`, `--ray-cpus` CPUs each, each node its own
@@ -17,7 +18,10 @@ temp dir; stopped by PID at the end), `stancewatch score --engine ray --ray-acto
 table of local vs Ray sentences/s, their ratio (goal >= 0.8), the nodes and whether the rows agree.
 The same table has the anchor without Ray: the articles cut into one archive per node, each scored
 at the same time by its own `--ray-cpus`-thread process (what splitting the CPUs costs by itself).
-`--ray-address ADDR` uses a running cluster instead.
+`--ray-address ADDR` uses a running cluster instead. The host's speed can drift within one run
+(local first, Ray last measured 0.75 and 0.91 in two runs minutes apart on 40,036 sentences), so
+`--pairs K` also runs K more local/Ray pairs on the same cluster, in alternating order (Ray first
+in every other pair), and prints each pair's ratio and their median.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -297,6 +302,9 @@ def main() -> None:
     ap.add_argument("--ray-address", default=None, help="A running Ray cluster to use for the Ray row.")
     ap.add_argument("--ray-nodes", type=int, default=2, help="Nodes of the cluster started for the Ray row.")
     ap.add_argument("--ray-cpus", type=int, default=1, help="CPUs per node of that cluster.")
+    ap.add_argument(
+        "--pairs", type=int, default=0, help="With --ray: this many more local/Ray pairs, alternating which runs first."
+    )
     args = ap.parse_args()
     if args.quick:
         args.articles, args.big, args.sentences = 1_000, 10_000, "8-12"
@@ -369,6 +377,19 @@ def main() -> None:
         )
         if ra.get("breakdown"):
             print(ra["breakdown"])
+        if ray.get("pairs"):
+            ratios = [p["ratio"] for p in ray["pairs"]]
+            for k, p in enumerate(ray["pairs"]):
+                print(
+                    f"pair {k + 1} ({p['first']} first): local {p['local']['sentences_per_s']:.0f}, "
+                    f"ray {p['ray']['sentences_per_s']:.0f} sentences/s, ratio {p['ratio']:.2f} "
+                    f"(process: {p['process_ratio']:.2f}); {p['ray'].get('breakdown') or ''}"
+                )
+            print(
+                f"Ray / local over {len(ratios)} alternating pairs: median {statistics.median(ratios):.2f} "
+                f"(range {min(ratios):.2f}-{max(ratios):.2f}; process median "
+                f"{statistics.median(p['process_ratio'] for p in ray['pairs']):.2f}) (goal >= 0.8)"
+            )
     (work / "results.json").write_text(json.dumps(results, indent=1))
 
 
@@ -423,10 +444,33 @@ def ray_row(args, work: Path) -> dict:
         extra = ["--engine", "ray", "--ray-address", address] + (["--ray-actors", str(nodes)] if nodes else [])
         out = work / f"scored-{args.articles}-ray.parquet"
         r = run_score(archive, out, args.model, args.chunk, extra, env)
+        pairs = []
+        for k in range(args.pairs):
+            order = ("ray", "local") if k % 2 == 0 else ("local", "ray")
+            runs = {}
+            for which in order:
+                if which == "ray":
+                    runs[which] = run_score(archive, out, args.model, args.chunk, extra, env)
+                else:
+                    runs[which] = run_score(
+                        archive, work / f"scored-{args.articles}-again.parquet", args.model, args.chunk
+                    )
+            if not same_rows(out, local):
+                raise SystemExit(f"pair {k + 1}: the Ray engine's rows differ from the local engine's")
+            lo_, ra = runs["local"], runs["ray"]
+            pairs.append(
+                {
+                    "first": order[0],
+                    "local": lo_,
+                    "ray": ra,
+                    "ratio": ra["sentences_per_s"] / lo_["sentences_per_s"],
+                    "process_ratio": lo_["process_s"] / ra["process_s"],
+                }
+            )
     finally:
         if cluster:
             cluster.stop()
-    return {"run": r, "same_rows": same_rows(out, local), "nodes": nodes, "address": address}
+    return {"run": r, "same_rows": same_rows(out, local), "nodes": nodes, "address": address, "pairs": pairs}
 
 
 if __name__ == "__main__":
