@@ -306,6 +306,8 @@ def main() -> None:
         "--pairs", type=int, default=0, help="With --ray: this many more local/Ray pairs, alternating which runs first."
     )
     args = ap.parse_args()
+    if args.pairs and not (args.ray or args.ray_address):
+        ap.error("--pairs needs --ray or --ray-address")
     if args.quick:
         args.articles, args.big, args.sentences = 1_000, 10_000, "8-12"
     lo, hi = (int(x) for x in args.sentences.split("-"))
@@ -383,7 +385,7 @@ def main() -> None:
                 print(
                     f"pair {k + 1} ({p['first']} first): local {p['local']['sentences_per_s']:.0f}, "
                     f"ray {p['ray']['sentences_per_s']:.0f} sentences/s, ratio {p['ratio']:.2f} "
-                    f"(process: {p['process_ratio']:.2f}); {p['ray'].get('breakdown') or ''}"
+                    f"(process: {p['process_ratio']:.2f}), rows agree {p['same_rows']}; {p['ray'].get('breakdown') or ''}"
                 )
             print(
                 f"Ray / local over {len(ratios)} alternating pairs: median {statistics.median(ratios):.2f} "
@@ -444,19 +446,19 @@ def ray_row(args, work: Path) -> dict:
         extra = ["--engine", "ray", "--ray-address", address] + (["--ray-actors", str(nodes)] if nodes else [])
         out = work / f"scored-{args.articles}-ray.parquet"
         r = run_score(archive, out, args.model, args.chunk, extra, env)
+        first_same = same_rows(out, local)
         pairs = []
         for k in range(args.pairs):
             order = ("ray", "local") if k % 2 == 0 else ("local", "ray")
             runs = {}
+            ray_out = work / f"scored-{args.articles}-ray-pair{k + 1}.parquet"
+            local_out = work / f"scored-{args.articles}-pair{k + 1}.parquet"
             for which in order:
                 if which == "ray":
-                    runs[which] = run_score(archive, out, args.model, args.chunk, extra, env)
+                    runs[which] = run_score(archive, ray_out, args.model, args.chunk, extra, env)
                 else:
-                    runs[which] = run_score(
-                        archive, work / f"scored-{args.articles}-again.parquet", args.model, args.chunk
-                    )
-            if not same_rows(out, local):
-                raise SystemExit(f"pair {k + 1}: the Ray engine's rows differ from the local engine's")
+                    runs[which] = run_score(archive, local_out, args.model, args.chunk)
+            same = same_rows(ray_out, local) and same_rows(local_out, local)
             lo_, ra = runs["local"], runs["ray"]
             pairs.append(
                 {
@@ -465,12 +467,13 @@ def ray_row(args, work: Path) -> dict:
                     "ray": ra,
                     "ratio": ra["sentences_per_s"] / lo_["sentences_per_s"],
                     "process_ratio": lo_["process_s"] / ra["process_s"],
+                    "same_rows": same,
                 }
             )
     finally:
         if cluster:
             cluster.stop()
-    return {"run": r, "same_rows": same_rows(out, local), "nodes": nodes, "address": address, "pairs": pairs}
+    return {"run": r, "same_rows": first_same, "nodes": nodes, "address": address, "pairs": pairs}
 
 
 if __name__ == "__main__":

@@ -737,7 +737,8 @@ def score(
     if result.timings:
         t = result.timings
         console.print(
-            f"ray: {t['actors']} actors ready in {t['actors_ready_s']:.1f} s (model load {t['model_load_s']} s); "
+            f"ray: {t['actors_started']} of {t['actors']} actors ready in {t['actors_ready_s']:.1f} s "
+            f"(model load {t['model_load_s']} s); "
             f"actors busy {100 * t['actor_utilisation']:.0f}% of the scoring time ({t['actor_busy_s']:.1f} s "
             f"over {t['slices']} slices); the driver waited {t['driver_result_wait_s']:.1f} s for results "
             f"and {t['driver_input_wait_s']:.1f} s for its own reading and splitting",

@@ -25,6 +25,7 @@ much is committed and that `--resume` finishes it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -433,12 +434,15 @@ class ActorPool:
             try:
                 self.info[i] = self.ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - RayActorError, RuntimeEnvSetupError, ...
+                with contextlib.suppress(Exception):  # its process may still be there
+                    self.ray.kill(self.actors[i])
                 self.actors.pop(i, None)
                 self.load.pop(i, None)
                 self.failed[i] = f"scoring actor {i + 1} of {self.started} could not start: {_cause_line(exc)}"
         self._ready = {}
         if not self.actors:
-            raise RayEngineError(self.failed[max(self.failed)])
+            last = self.failed[max(self.failed)].split(": ", 1)[1]
+            raise RayEngineError(f"no scoring actor could start ({self.started} tried); the last: {last}")
         for why in self.failed.values():
             left = len(self.actors)
             self.warn(f"Ray {why}; scoring goes on with the {left} actor{'s' if left > 1 else ''} left")
@@ -635,6 +639,7 @@ def score_ray(
         elapsed = time.perf_counter() - started
         timings = {k: round(v, 3) if isinstance(v, float) else v for k, v in pool.timings.items()}
         timings["actors"] = pool.started
+        timings["actors_started"] = len(pool.info)
         # Share of the started actors' time (actors x the scoring part of the run) spent scoring.
         scoring = max(1e-9, elapsed - pool.timings["actors_ready_s"])
         timings["actor_utilisation"] = round(pool.timings["actor_busy_s"] / (max(1, len(pool.info)) * scoring), 3)
