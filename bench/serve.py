@@ -14,7 +14,10 @@ On 127.0.0.1, one after the other, it serves the same model with
              log, so this is ours against it like for like;
   ours_lean  (only when named) ours with the access log and the Prometheus metrics off, the two
              per-request costs the bare app does not have;
-and measures on each: single-sentence requests one at a time (p50/p95/p99), then N concurrent
+  ours_routed (only when named) ours with STANCEWATCH_DIRECT_ROUTES=0: every request through
+             BentoML's router and endpoint, as before service/direct.py;
+(a kind named more than once runs again at its place in the order: a row per run, and the ratios
+use the median of its runs), and measures on each: single-sentence requests one at a time (p50/p95/p99), then N concurrent
 clients for a bounded time with 1 and with 8 sentences per request, and (ours and bare) documents
 of ~16 sentences: requests/s, sentences/s, p95, errors, server CPU per request. In-process
 throughput on the same sentences (batch, and documents: split + predict with contexts) is measured
@@ -78,6 +81,7 @@ OURS_VARIANTS = {
     "ours_traced": {"STANCEWATCH_TRACING": "1"},
     "ours_nolog": {"STANCEWATCH_ACCESS_LOG": "0"},
     "ours_lean": {"STANCEWATCH_ACCESS_LOG": "0", "STANCEWATCH_METRICS": "0"},
+    "ours_routed": {"STANCEWATCH_DIRECT_ROUTES": "0"},
 }
 
 
@@ -325,6 +329,19 @@ def in_process(model, sentences: list[str], docs: list[str], seconds: float = 8.
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """One server kind's runs merged: every figure the ratios use is the median over the runs."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = json.loads(json.dumps(runs[0]))
+    for workload, figures in merged.items():
+        for key, value in figures.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values = [r[workload][key] for r in runs if isinstance(r[workload].get(key), (int, float))]
+                figures[key] = statistics.median(values)
+    return merged
+
+
 def measure_server(kind: str, tag: str, args, sentences: list[str], docs: list[tuple[bytes, int]]) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -370,7 +387,7 @@ def main() -> None:
     ap.add_argument(
         "--servers",
         default="ours,bare,batchable",
-        help="which servers to run, in order (also: ours_traced, ours_nolog, ours_lean)",
+        help="which servers to run, in order (also: ours_traced, ours_nolog, ours_lean, ours_routed)",
     )
     ap.add_argument("--backend", default="auto", help="auto | torch | openvino, servers and in-process")
     ap.add_argument("--json", type=Path, help="also write the figures here")
@@ -397,9 +414,12 @@ def main() -> None:
         f"documents, single p50 {before['single_p50_ms']:.1f} ms",
         flush=True,
     )
-    results = {}
+    # A kind named more than once (--servers ours,bare,ours,bare: the host's speed drifts) gets a row
+    # per run; the ratios use the median of its runs.
+    runs: list[tuple[str, dict]] = []
     for kind in args.servers.split(","):
-        results[kind] = measure_server(kind, tag, args, sentences, doc_bodies)
+        runs.append((kind, measure_server(kind, tag, args, sentences, doc_bodies)))
+    results = {kind: median_run([r for k, r in runs if k == kind]) for kind in dict.fromkeys(k for k, _ in runs)}
     after = in_process(model, sentences, docs)
     print(
         f"in-process (after): {after['sent_per_s']:.1f} sentences/s batch, {after['doc_sent_per_s']:.1f} sentences/s "
@@ -421,7 +441,7 @@ def main() -> None:
         run = r.get(name)
         return "-" if run is None else f"{run[key]:.0f} ({run['p95_ms'] or 0:.0f})"
 
-    for kind, r in results.items():
+    for kind, r in runs:
         print(
             f"| {kind} | {r['single']['p50_ms']:.1f} / {r['single']['p95_ms']:.1f} | {cell(r, '1 per request', 'req_per_s')} | "
             f"{cell(r, '8 per request', 'sent_per_s')} | {cell(r, 'documents', 'sent_per_s')} | "
@@ -461,6 +481,15 @@ def main() -> None:
                 ratios[f"{name}: ours / ours with tracing on"] = (
                     ours[name]["sent_per_s"] / results["ours_traced"][name]["sent_per_s"]
                 )
+        if "ours_routed" in results:
+            for name in ("1 per request", "8 per request", "documents"):
+                ratios[f"{name}: ours / ours_routed (direct routes against BentoML's router)"] = (
+                    ours[name]["sent_per_s"] / results["ours_routed"][name]["sent_per_s"]
+                )
+            ratios["server CPU per request, 1 per request: ours / ours_routed"] = (
+                ours["1 per request"]["server_cpu_ms_per_request"]
+                / results["ours_routed"]["1 per request"]["server_cpu_ms_per_request"]
+            )
         if "batchable" in results:
             for name in ("1 per request", "8 per request"):
                 ratios[f"{name}: ours / batchable=True"] = (

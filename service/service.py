@@ -25,6 +25,7 @@ from stancewatch import settings  # noqa: E402
 from stancewatch.model import store  # noqa: E402
 from stancewatch.model.predictor import default_threads  # noqa: E402
 from stancewatch.service.batching import MicroBatcher  # noqa: E402
+from stancewatch.service.direct import DirectRoutes  # noqa: E402
 from stancewatch.service.io import (  # noqa: E402,F401  (EXAMPLE_* and the models are part of this module's API)
     EXAMPLE_DOCUMENT,
     EXAMPLE_INPUT,
@@ -263,3 +264,7 @@ class StanceService:
 
 
 StanceService.add_asgi_middleware(GuardMiddleware, max_body_bytes=_BOOT.max_body_bytes, api_key=_BOOT.api_key)
+# Inside the guard: JSON POSTs to the two prediction routes skip BentoML's per-request routing
+# (service/direct.py says what that saves and how the two paths are kept equal).
+if _BOOT.direct_routes:
+    StanceService.add_asgi_middleware(DirectRoutes, service=StanceService, paths=("/predict", "/predict_document"))

@@ -4,7 +4,7 @@ A variable is declared once below (name, kind, default, allowed values, what it 
 reads them all into one frozen `Settings` object and `get(NAME)` reads one. A bad value fails with
 a `SettingError` that names the variable, the value and what is allowed, instead of a bare
 ValueError from `int()` somewhere at import. Values are read when asked for: only what BentoML's
-service decorator needs (workers, CPU count, access log, metrics, tracing, the served tag, the per-request sentence
+service decorator needs (workers, CPU count, access log, metrics, tracing, direct routes, the served tag, the per-request sentence
 limit in the OpenAPI schema) is read when service/service.py is imported.
 
 `python -m stancewatch.settings` prints the table the README carries (a test keeps them equal).
@@ -219,6 +219,15 @@ VARIABLES: tuple[Variable, ...] = (
         used_by="service",
     ),
     Variable(
+        "DIRECT_ROUTES",
+        "bool",
+        True,
+        "JSON POSTs to /predict and /predict_document are answered by stancewatch's own middleware, "
+        "skipping BentoML's per-request routing (same answers, less CPU per request); off: BentoML "
+        "routes every request.",
+        used_by="service",
+    ),
+    Variable(
         "API_KEY", "str", None, "When set, prediction endpoints need `Authorization: Bearer <key>`.", used_by="service"
     ),
     # Training and benchmarks
@@ -275,6 +284,7 @@ class Settings:
     access_log: bool
     metrics: bool
     tracing: bool
+    direct_routes: bool
     api_key: str | None
     datasets_cache: str | None
     shared_data: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib
 import json
@@ -149,25 +150,32 @@ def test_access_log_is_on_by_default_and_can_be_turned_off(svc_module, tiny_mode
     assert done.stdout.strip().splitlines()[-1] == "False"
 
 
-def test_metrics_middleware_is_on_by_default_and_can_be_turned_off(svc_module, tiny_model):
+def test_metrics_and_direct_routes_are_on_by_default_and_can_be_turned_off(svc_module, tiny_model):
     import subprocess
     import sys
 
-    # The middleware list BentoML builds for the served app, after it merged the service's config.
+    # The middleware list BentoML builds for the served app (outermost first), after it merged the
+    # service's config.
     code = (
         "import stancewatch.service.service as s\n"
         "from _bentoml_impl.server.app import ServiceAppFactory\n"
         "s.StanceService.inject_config()\n"
-        "print(sorted(m.cls.__name__ for m in ServiceAppFactory(s.StanceService, is_main=True).middlewares))"
+        "print([m.cls.__name__ for m in ServiceAppFactory(s.StanceService, is_main=True).middlewares])"
     )
     seen = {}
-    for value in ("1", "0"):
-        env = {**os.environ, "STANCEWATCH_MODEL": tiny_model.tag, "STANCEWATCH_METRICS": value}
+    for name, value in (("METRICS", "1"), ("METRICS", "0"), ("DIRECT_ROUTES", "0")):
+        env = {**os.environ, "STANCEWATCH_MODEL": tiny_model.tag, f"STANCEWATCH_{name}": value}
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
-        seen[value] = done.stdout.strip().splitlines()[-1]
-    assert "RunnerTrafficMetricsMiddleware" in seen["1"], seen
-    assert "RunnerTrafficMetricsMiddleware" not in seen["0"] and "GuardMiddleware" in seen["0"], seen
+        seen[name, value] = ast.literal_eval(done.stdout.strip().splitlines()[-1])
+    on = seen["METRICS", "1"]
+    assert "RunnerTrafficMetricsMiddleware" in on, seen
+    assert "RunnerTrafficMetricsMiddleware" not in seen["METRICS", "0"] and "GuardMiddleware" in seen["METRICS", "0"]
+    # The direct routes sit inside the guard (size limit, API key, disconnects) and inside BentoML's
+    # metrics and access log, which therefore still count every request.
+    assert on.index("RunnerTrafficMetricsMiddleware") < on.index("GuardMiddleware") < on.index("DirectRoutes"), on
+    assert on.index("AccessLogMiddleware") < on.index("DirectRoutes"), on
+    assert "DirectRoutes" not in seen["DIRECT_ROUTES", "0"] and "GuardMiddleware" in seen["DIRECT_ROUTES", "0"]
 
 
 def test_tracing_middleware_skips_requests_unless_tracing_is_on(svc_module, tiny_model):
@@ -422,6 +430,109 @@ def test_middleware_api_key():
     assert r.status_code == 401 and r.json()["detail"][0]["type"] == "invalid_api_key"
     assert client.post("/predict", content=b"{}", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert client.get("/livez").status_code == 200  # health stays open
+
+
+# Bodies for both prediction routes: valid ones and every kind of error the validation names.
+DIRECT_CASES = [
+    ("/predict", b'{"sentences": ["Tokyo will not revise its position."]}'),
+    ("/predict", b'{"sentences": ["Beijing protested.", "Tokyo said the remarks stand."], "contexts": [null, "x"]}'),
+    ("/predict", b"{}"),
+    ("/predict", b""),
+    ("/predict", b'{"sentences": []}'),
+    ("/predict", b'{"sentences": ["ok", " \\t"]}'),
+    ("/predict", b'{"sentences": ["a", "b"], "contexts": [null]}'),
+    ("/predict", b'{"sentences": ["a"], "other": 1}'),
+    ("/predict", b'{"sentences": ["a"'),
+    ("/predict", b'{"sentences": ["caf\xe9"]}'),
+    ("/predict", b"[1, 2]"),
+    ("/predict_document", b'{"id": "d1", "text": "Beijing demanded a retraction. Tokyo said the remarks stand."}'),
+    ("/predict_document", b'{"text": "   "}'),
+    ("/predict_document", b'{"text": "...!?"}'),
+    ("/predict_document", b'{"text": "a", "id": 5}'),
+]
+
+
+def test_direct_routes_answer_exactly_as_bentoml_would(svc_module, monkeypatch):
+    """service/direct.py answers JSON POSTs itself; BentoML's endpoint answers the same body sent as
+    text/plain (its serde falls back to JSON). Status, body and headers must be equal, and the
+    counter shows which path each request took."""
+    from starlette.testclient import TestClient
+
+    from stancewatch.service import direct
+
+    served = []
+    real_call = direct._call
+
+    async def counted(spec, func, *args):
+        served.append(func.__name__)
+        return await real_call(spec, func, *args)
+
+    monkeypatch.setattr(direct, "_call", counted)
+    with TestClient(svc_module.StanceService.to_asgi(is_main=True)) as client:
+        statuses = set()
+        for path, body in DIRECT_CASES:
+            ours = client.post(path, content=body, headers={"content-type": "application/json"})
+            theirs = client.post(path, content=body, headers={"content-type": "text/plain"})
+            statuses.add(ours.status_code)
+            assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json()), (path, body)
+            for header in ("content-type", "server"):
+                assert ours.headers.get(header) == theirs.headers.get(header), (path, body, header)
+        assert statuses == {200, 400}
+        assert len(served) == len(DIRECT_CASES)  # every JSON request, and no text/plain one
+
+        # An unexpected failure inside the handler: the same 500 body, no details leaked.
+        def broken(*args, **kwargs):
+            raise RuntimeError("secret detail")
+
+        instance = svc_module.bentoml.get_current_service()
+        monkeypatch.setattr(instance.model, "predict", broken)
+        body = DIRECT_CASES[0][1]
+        ours = client.post("/predict", content=body, headers={"content-type": "application/json"})
+        theirs = client.post("/predict", content=body, headers={"content-type": "text/plain"})
+        assert ours.status_code == theirs.status_code == 500
+        assert ours.json() == theirs.json() and "secret" not in ours.text
+        # Other methods and paths are BentoML's: a GET on a POST route is still its 405.
+        assert client.get("/predict").status_code == 405
+    assert len(served) == len(DIRECT_CASES) + 1
+
+
+def test_direct_routes_leave_everything_to_bentoml_when_its_cors_is_on(svc_module, svc):
+    """With BentoML's CORS configured, its middleware must add the headers: nothing is answered here."""
+    from _bentoml_sdk.service import set_current_service
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from starlette.testclient import TestClient
+
+    from stancewatch.service.direct import DirectRoutes
+
+    reached = []
+
+    async def bentoml_app(scope, receive, send):
+        reached.append(scope["path"])
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    from stancewatch.service.direct import _running_instance
+
+    before = _running_instance()
+    set_current_service(svc)
+    try:
+        for cors, status, expected in ((False, 400, []), (True, 204, ["/predict"])):
+            reached.clear()
+            configured = BentoMLContainer.http.cors.enabled.get()
+            BentoMLContainer.http.cors.enabled.set(cors)
+            try:
+                app = DirectRoutes(bentoml_app, service=svc_module.StanceService, paths=("/predict",))
+                r = TestClient(app).post("/predict", content=b"{}", headers={"content-type": "application/json"})
+            finally:
+                BentoMLContainer.http.cors.enabled.set(configured)
+            assert (r.status_code, reached) == (status, expected), cors
+        # Before the service has started (or after it stopped), BentoML answers too.
+        set_current_service(None)
+        reached.clear()
+        r = TestClient(app).post("/predict", content=b"{}", headers={"content-type": "application/json"})
+        assert (r.status_code, reached) == (204, ["/predict"])
+    finally:
+        set_current_service(before)
 
 
 # ---- following production --------------------------------------------------------------------
