@@ -34,8 +34,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import bentoml
+from bentoml._internal.context import trace_context
+from bentoml.exceptions import BentoMLException
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
+
+from stancewatch.service.middleware import CLIENT_GONE, error_body
 
 # BentoML's endpoint logs its exceptions here; the same name keeps operators' log filters working.
 logger = logging.getLogger("bentoml._internal.server.http_app")
@@ -99,13 +104,7 @@ class DirectRoutes:
             return await self.app(scope, receive, send)
         body = await _read_body(receive)
         if body is None:  # the client left while sending; answering lets the outer middlewares finish
-            response = JSONResponse(
-                {
-                    "error": "client closed request",
-                    "detail": [{"loc": [], "msg": "the client disconnected", "type": "client_disconnected"}],
-                },
-                status_code=499,
-            )
+            response = JSONResponse(error_body(*CLIENT_GONE), status_code=499)
         else:
             spec, func, fields = route
             response = await _call(spec, func, fields, instance, body, scope)
@@ -114,8 +113,6 @@ class DirectRoutes:
 
     def _add_headers(self, response: Response) -> None:
         """The headers BentoML's endpoint adds to every answer (its `_add_response_headers`)."""
-        from bentoml._internal.context import trace_context
-
         response.headers["server"] = self.server_header
         if trace_context.request_id is not None:
             response.headers["X-BentoML-Request-ID"] = format(trace_context.request_id, self.id_formats["span_id"])
@@ -125,9 +122,6 @@ class DirectRoutes:
 
 def _running_instance() -> Any:
     """The service instance BentoML created at start-up, or None before it (or after shutdown)."""
-    import bentoml
-    from bentoml.exceptions import BentoMLException
-
     try:
         return bentoml.get_current_service()
     except BentoMLException:  # "service isn't instantiated yet"
@@ -147,8 +141,6 @@ async def _read_body(receive) -> bytes | None:
 
 async def _call(spec, func, fields: tuple[str, ...], instance: Any, body: bytes, scope) -> Response:
     """What BentoML's api_endpoint_wrapper answers for a JSON body, for these handlers."""
-    from bentoml.exceptions import BentoMLException
-
     try:
         data = spec.model_validate_json(body or b"{}")
         output = await func(instance, **{name: getattr(data, name) for name in fields})

@@ -34,6 +34,16 @@ WATCHED_METHODS = frozenset({"POST", "PUT", "PATCH"})
 logger = logging.getLogger("stancewatch.service")
 
 
+# What a client that went away is answered with (status 499, nginx's "client closed request").
+# Nobody reads it, but a response lets BentoML's timeout middleware finish and the access log say so.
+CLIENT_GONE = ("client closed request", (), "the client disconnected", "client_disconnected")
+
+
+def error_body(error: str, loc: Iterable[str], msg: str, kind: str) -> dict[str, Any]:
+    """The JSON body of every error this service answers itself, shaped like BentoML's."""
+    return {"error": error, "detail": [{"loc": list(loc), "msg": msg, "type": kind}]}
+
+
 async def send_error(
     send: Send,
     status: int,
@@ -43,7 +53,7 @@ async def send_error(
     kind: str,
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
-    body = json.dumps({"error": error, "detail": [{"loc": loc, "msg": msg, "type": kind}]}).encode()
+    body = json.dumps(error_body(error, loc, msg, kind)).encode()
     await send(
         {
             "type": "http.response.start",
@@ -112,9 +122,7 @@ class GuardMiddleware:
             if message["type"] != "http.request":  # client disconnected
                 # Answer anyway: BentoML's timeout middleware waits for a first `send` (else until
                 # the traffic timeout) and the access log then shows 499, not nothing.
-                return await send_error(
-                    send, 499, "client closed request", [], "the client disconnected", "client_disconnected"
-                )
+                return await send_error(send, 499, *CLIENT_GONE)
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -202,10 +210,8 @@ class GuardMiddleware:
             )
             # Nobody reads this (uvicorn drops writes to a closed connection), but an answer lets
             # BentoML's timeout middleware, which waits for the first `send`, finish now and not at
-            # the traffic timeout; 499 is nginx's "client closed request", so the access log says so.
+            # the traffic timeout (see CLIENT_GONE).
             if not state["started"]:
-                await send_error(
-                    send, 499, "client closed request", [], "the client disconnected", "client_disconnected"
-                )
+                await send_error(send, 499, *CLIENT_GONE)
         finally:
             watcher.cancel()
